@@ -8,7 +8,9 @@ counting evaluation, which checks every held-out number exactly.
     python data.py            # prints the text, the vocabulary, the split and how long it takes
 """
 import bisect
+import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -67,14 +69,60 @@ def load_data(max_num=1_000_000, val_frac=0.1):
     return tok, data[:-n_val], data[-n_val:]
 
 
-def get_batch(data, batch_size, block_size, device, generator=None):
+def get_batch(data, batch_size, block_size, device, generator=None, sampler=None):
     """A batch of random windows: x is block_size tokens, y is the same window shifted by one,
-    so y[b, t] is the token that follows x[b, :t+1]. Indexing builds the whole batch in one
+    so y[b, t] is the token that follows x[b, :t+1]. Windows start uniformly at random, or
+    where `sampler` (a StepSampler) puts them. Indexing builds the whole batch in one
     operation, on the device where data already lives."""
-    ix = torch.randint(len(data) - block_size, (batch_size,), device=data.device, generator=generator)
+    if sampler is None:
+        ix = torch.randint(len(data) - block_size, (batch_size,), device=data.device, generator=generator)
+    else:
+        ix = sampler(batch_size, generator)
     window = data[ix[:, None] + torch.arange(block_size + 1, device=data.device)]  # (B, T+1)
     x, y = window[:, :-1], window[:, 1:]
     return x.to(device), y.to(device)
+
+
+class StepSampler:
+    """Window starts that show every *kind* of step n -> n+1 equally often.
+
+    Uniform windows show what the text is mostly made of: 6-digit numbers with no carry. The
+    rare steps are the hard ones: 9999 -> 10000 changes five digits but happens once per ten
+    thousand numbers, 99 -> 100 (a new length) happens once in the whole text, and the
+    numbers 0..99 fill only the first 290 of its 6.9M characters. So each window is centred
+    on a step n -> n+1 drawn uniformly over the kinds (digits of n, trailing 9s of n), then
+    uniformly within its kind, and placed at a random offset that still shows the comma
+    before n and the comma after n+1. A fraction `uniform` of the windows stays uniform.
+    `data` must start at the first digit of a number (the training split does)."""
+
+    def __init__(self, data, block_size, uniform=0.5):
+        self.data, self.block_size, self.uniform = data, block_size, uniform
+        dev = data.device
+        commas = (data == 0).nonzero().squeeze(1)
+        start = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), commas[:-1] + 1])  # start[i]: n_i
+        end = commas                                                      # end[i]: the comma after n_i
+        length = end - start
+        nines = torch.zeros_like(length)  # trailing 9s of each number
+        run = torch.ones_like(length, dtype=torch.bool)
+        for k in range(1, int(length.max()) + 1):
+            run &= (k <= length) & (data[(end - k).clamp(min=0)] == 10)  # token 10 is '9'
+            nines += run
+        n, n_end = start[:-1], end[1:]        # a step: number n_i (from start[i]) and n_i + 1 (to end[i+1])
+        kind = length[:-1]
+        weight = 1.0 / torch.bincount(kind)[kind].float()
+        self.cdf = torch.cumsum(weight, 0) / weight.sum()
+        self.lo = (n_end - block_size).clamp(min=0)                       # window must reach n+1's comma
+        self.hi = (n - 1).clamp(min=0).maximum(self.lo)                   # and show the comma before n
+
+    def __call__(self, batch_size, generator=None):
+        dev = self.data.device
+        step = torch.searchsorted(self.cdf, torch.rand(batch_size, device=dev, generator=generator))
+        step = step.clamp(max=len(self.cdf) - 1)
+        lo, hi = self.lo[step], self.hi[step]
+        ix = lo + (torch.rand(batch_size, device=dev, generator=generator) * (hi - lo + 1)).long()
+        uniform = torch.randint(len(self.data) - self.block_size, (batch_size,), device=dev, generator=generator)
+        use_uniform = torch.rand(batch_size, device=dev, generator=generator) < self.uniform
+        return torch.where(use_uniform, uniform, ix).clamp(max=len(self.data) - self.block_size - 1)
 
 
 class CountingEval:
@@ -84,9 +132,9 @@ class CountingEval:
     Greedy decoding gets a number right if and only if, at each of the number's positions, the
     argmax given the *true* text so far is the true next token (if every pick is right, the text
     it sees is the true text). So one teacher-forced forward pass scores many numbers at once,
-    with no sampling loop. Each window starts at the first digit of a predecessor, so the model
-    always sees the whole previous number, and holds as many following numbers as fit in
-    block_size; every number is scored in exactly one window.
+    with no sampling loop. Each window starts at the comma before a predecessor (or at the
+    text's start), so the model sees the whole previous number and knows where it begins, and
+    holds as many following numbers as fit in block_size; each number is scored in exactly one.
 
     starts_at_number: True when data[0] is the first digit of a number (the whole text);
     False for a slice such as the validation split, whose first number may be cut off."""
@@ -105,14 +153,15 @@ class CountingEval:
         # last[k]: position of number k's last target token (its comma, or its last digit at the end)
         last = [s + len(num) for s, num in zip(starts, numbers)]
         last[-1] = min(last[-1], len(data) - 1)
-        # Greedy cover: a window starts at number p and scores p+1 .. k, the last number that fits.
+        # Greedy cover: a window opens just before number p and scores p+1 .. k, the last that fits.
         ws, first, final, p = [], [], [], 0
         while p < n - 1:
-            k = bisect.bisect_right(last, starts[p] + block_size) - 1
+            w = max(starts[p] - 1, 0)
+            k = bisect.bisect_right(last, w + block_size) - 1
             if k <= p:
                 raise ValueError(f"block_size={block_size} cannot hold a number and its successor "
-                                 f"({numbers[p]},{numbers[p + 1]}); use a larger block_size")
-            ws.append(starts[p]), first.append(p + 1), final.append(k)
+                                 f"(,{numbers[p]},{numbers[p + 1]},); use a larger block_size")
+            ws.append(w), first.append(p + 1), final.append(k)
             p = k
         dev = data.device
         self.ws, self.first, self.final = (torch.tensor(v, device=dev) for v in (ws, first, final))
@@ -127,6 +176,11 @@ class CountingEval:
         self.lengths = torch.tensor([len(s) for s in numbers])
         self.carries = torch.tensor([len(s) - len(s.rstrip("0")) for s in numbers])  # trailing zeros
         self.starts, self.last = starts, last
+
+    def context(self, k):
+        """The tokens the metric shows the model before number k: its window, up to number k."""
+        w = bisect.bisect_left(self.final.tolist(), k)
+        return self.data[int(self.ws[w]):self.starts[k]]
 
     @torch.no_grad()
     def __call__(self, model, batch_size=512, max_failures=5):
@@ -155,6 +209,7 @@ class CountingResult:
 
     def __init__(self, ev, wrong, picked, max_failures):
         ok = ~wrong  # for numbers 1 .. n-1: number 0 of the data has no predecessor to count from
+        self.ok = ok
         self.total, self.correct = len(ok), int(ok.sum())
         self.accuracy = self.correct / self.total
         self.by_carry = {int(c): (int(ok[ev.carries[1:] == c].sum()), int((ev.carries[1:] == c).sum()))
@@ -173,6 +228,38 @@ class CountingResult:
                                                       for k, (c, t) in sorted(table.items())))
         lines += [f"  wrong: {f}" for f in self.failures]
         return "\n".join(lines)
+
+
+
+# ------------------------------------------------------------------------------------------
+# Command-line settings, shared by bigram.py and gpt.py
+
+def fail(message):
+    """Bad input: one line that names the problem and the fix, exit code 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_settings(argv, defaults):
+    """Apply --key=value overrides to a script's defaults, each converted to its default's type.
+    Returns the settings (read as s.n_layer) and the set of keys given on the command line."""
+    settings, given = dict(defaults), set()
+    for arg in argv:
+        key, eq, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not eq:
+            fail(f"cannot read {arg!r}: write settings as --key=value, e.g. --max_iters=2000")
+        if key not in defaults:
+            fail(f"unknown setting --{key}; valid settings: {' '.join('--' + k for k in defaults)}")
+        kind = type(defaults[key])
+        try:
+            if kind is bool:
+                settings[key] = {"true": True, "1": True, "false": False, "0": False}[value.lower()]
+            else:
+                settings[key] = kind(value)
+        except (KeyError, ValueError):
+            fail(f"--{key}={value} is not a valid {kind.__name__}; e.g. --{key}={defaults[key]}")
+        given.add(key)
+    return SimpleNamespace(**settings), given
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import CountingEval, Tokenizer, get_batch, load_data
+from data import CountingEval, StepSampler, Tokenizer, fail, get_batch, load_data, parse_settings
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -34,6 +33,7 @@ block_size = 32            # context length in characters
 dropout = 0.0              # the text is noise-free and never repeats a window often: no need
 # training
 batch_size = 64
+uniform_windows = 0.5      # fraction of training windows drawn uniformly; the rest by data.StepSampler
 max_iters = 6000
 learning_rate = 3e-3
 min_lr = 3e-4              # cosine decay ends here
@@ -43,6 +43,7 @@ grad_clip = 1.0            # clip the gradient norm at this (0 = off)
 eval_interval = 250        # evaluate (losses + exhaustive counting accuracy) every this many steps
 eval_iters = 20            # batches per loss estimate
 stop_at_100 = True         # stop as soon as every held-out number is counted right
+max_seconds = 0.0          # stop after this much training time, evaluation not counted (0 = no limit)
 # system
 device = "auto"            # auto = cuda, else mps, else cpu
 compile = False            # torch.compile the model
@@ -60,12 +61,6 @@ full_check = True          # after training, also check every n -> n+1 in the wh
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size")  # what a checkpoint fixes
-
-
-def fail(message):
-    """Bad input: one line that names the problem and the fix, exit code 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 # ------------------------------------------------------------------------------------------
@@ -123,7 +118,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(F.relu(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -187,16 +182,16 @@ class GPT(nn.Module):
         """Append max_new_tokens tokens to idx (B, T), one at a time, each drawn from the model's
         prediction for the next token (temperature 0 = greedy: always the most likely).
 
-        The context never exceeds block_size: when it is full, the oldest tokens are dropped and
-        only the newest block_size // 2 kept. Dropping half at once (rather than one token per
-        step) lets the key/value cache serve the next block_size // 2 steps, and both paths,
-        cached and uncached, see exactly the same context, so they give the same tokens."""
+        The model sees the whole text while it fits in block_size. When it would not, the oldest
+        tokens are dropped and only the newest block_size // 2 kept. Dropping half at once
+        (rather than one token per step) lets the key/value cache serve the next block_size // 2
+        steps, and both paths, cached and uncached, see exactly the same context, so they give
+        the same tokens."""
         keep = self.config.block_size // 2
-        context = idx[:, -self.config.block_size:]  # (B, <=block_size) what the model sees
-        caches, new_tokens = None, []
+        context, caches, new_tokens = idx, None, []  # context (B, <= block_size): what the model sees
         for _ in range(max_new_tokens):
-            if context.shape[1] == self.config.block_size:
-                context, caches = context[:, -keep:], None  # full: keep the newest half
+            if context.shape[1] > self.config.block_size:
+                context, caches = context[:, -keep:], None  # overflow: keep the newest half
             if not use_cache:
                 logits, _ = self(context)                     # recompute the whole context
             elif caches is None:
@@ -222,25 +217,8 @@ class GPT(nn.Module):
 # Settings, device, checkpoints
 
 def parse_args(argv):
-    """--key=value overrides of the defaults above, each converted to its default's type and
-    checked. Returns the settings and the set of keys given on the command line."""
-    cfg, given = dict(DEFAULTS), set()
-    for arg in argv:
-        key, eq, value = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or not eq:
-            fail(f"cannot read {arg!r}: write settings as --key=value, e.g. --max_iters=2000")
-        if key not in DEFAULTS:
-            fail(f"unknown setting --{key}; valid settings: {' '.join('--' + k for k in DEFAULTS)}")
-        kind = type(DEFAULTS[key])
-        try:
-            if kind is bool:
-                cfg[key] = {"true": True, "1": True, "false": False, "0": False}[value.lower()]
-            else:
-                cfg[key] = kind(value)
-        except (KeyError, ValueError):
-            fail(f"--{key}={value} is not a valid {kind.__name__}; e.g. --{key}={DEFAULTS[key]}")
-        given.add(key)
-    c = SimpleNamespace(**cfg)  # read as c.n_layer
+    """The defaults above with the command line's --key=value overrides, checked for sense."""
+    c, given = parse_settings(argv, DEFAULTS)
     problems = [
         (c.n_layer >= 1 and c.n_head >= 1 and c.n_embd >= 1, "n_layer, n_head and n_embd must be at least 1"),
         (c.n_embd % max(c.n_head, 1) == 0, f"--n_embd={c.n_embd} is not divisible by --n_head={c.n_head}; "
@@ -248,13 +226,14 @@ def parse_args(argv):
         (c.block_size >= 2, f"--block_size={c.block_size} is too small; use at least 2 (default {block_size})"),
         (c.batch_size >= 1 and c.eval_iters >= 1 and c.eval_interval >= 1,
          "batch_size, eval_iters and eval_interval must be at least 1"),
-        (c.max_iters >= 0 and c.warmup_iters >= 0 and c.max_new_tokens >= 0 and c.long_count >= 0 and c.top_k >= 0,
-         "max_iters, warmup_iters, max_new_tokens, long_count and top_k cannot be negative"),
+        (c.max_iters >= 0 and c.max_seconds >= 0 and c.warmup_iters >= 0 and c.max_new_tokens >= 0 and c.long_count >= 0 and c.top_k >= 0,
+         "max_iters, max_seconds, warmup_iters, max_new_tokens, long_count and top_k cannot be negative"),
         (0 < c.learning_rate < math.inf, f"--learning_rate={c.learning_rate} must be positive, e.g. {learning_rate}"),
         (0 <= c.min_lr <= c.learning_rate, f"--min_lr={c.min_lr} must be between 0 and --learning_rate"),
         (0 <= c.weight_decay < math.inf and 0 <= c.grad_clip < math.inf and 0 <= c.temperature < math.inf,
          "weight_decay, grad_clip and temperature cannot be negative"),
         (0 <= c.dropout < 1, f"--dropout={c.dropout} must be in [0, 1)"),
+        (0 <= c.uniform_windows <= 1, f"--uniform_windows={c.uniform_windows} must be in [0, 1]"),
         (c.mode in ("train", "sample"), f"--mode={c.mode} is not train or sample"),
         (c.init_from in ("scratch", "resume"), f"--init_from={c.init_from} is not scratch or resume"),
         (c.prompt != "", "--prompt is empty; give text to continue, e.g. --prompt=41,42,"),
@@ -393,6 +372,7 @@ def main(argv):
         fail(f"--max_num={cfg.max_num} gives a validation split of {len(val_data)} tokens, too short for "
              f"one window of block_size+1={cfg.block_size + 1}; raise --max_num or lower --block_size")
     train_data, val_data = train_data.to(device), val_data.to(device)  # all of it lives on the device
+    sampler = StepSampler(train_data, cfg.block_size, uniform=cfg.uniform_windows)
     try:
         held_out = CountingEval(val_data, cfg.block_size)
     except ValueError as e:
@@ -424,11 +404,12 @@ def main(argv):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
 
     previous_handler = signal.signal(signal.SIGINT, on_ctrl_c)
-    train_time, last_loss = 0.0, None
+    train_time, eval_time, last_loss, first_iter = 0.0, 0.0, None, iter_num
     interval_start, interval_iter = time.perf_counter(), iter_num
     try:
         while True:
-            at_eval = iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters
+            out_of_time = cfg.max_seconds > 0 and train_time + time.perf_counter() - interval_start >= cfg.max_seconds
+            at_eval = iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or out_of_time
             if at_eval or stop_requested:
                 if device_type == "cuda":
                     torch.cuda.synchronize()  # GPU work is queued: wait for it before reading the clock
@@ -449,6 +430,7 @@ def main(argv):
                 losses = estimate_loss(model, {"train": train_data, "val": val_data}, cfg, ctx)
                 with ctx:
                     result = held_out(model)
+                eval_time += time.perf_counter() - t_eval
                 steps = iter_num - interval_iter
                 print(f"step {iter_num:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f} | "
                       f"held-out counting {100 * result.accuracy:7.3f}% | "
@@ -458,13 +440,13 @@ def main(argv):
                 if result.accuracy == 1.0 and cfg.stop_at_100:
                     print(f"every held-out number counted right after {iter_num} steps, {train_time:.1f}s of training")
                     break
-                if iter_num >= cfg.max_iters:
+                if iter_num >= cfg.max_iters or out_of_time:
                     break
                 interval_start, interval_iter = time.perf_counter(), iter_num
             lr = get_lr(iter_num, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, device)
+            x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, device, sampler=sampler)
             with ctx:
                 _, loss = train_model(x, y)
             optimizer.zero_grad(set_to_none=True)
@@ -498,6 +480,8 @@ def main(argv):
     with ctx:
         out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
     print(f"prompt {cfg.prompt!r} -> {tok.decode(out[0])!r}")
+    return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time, "accuracy": result.accuracy,
+            "tokens_per_s": (iter_num - first_iter) * cfg.batch_size * cfg.block_size / max(train_time, 1e-9)}
 
 
 def count_check(model, prompt_numbers, wanted, device, ctx):

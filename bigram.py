@@ -1,0 +1,114 @@
+"""
+The baseline: a bigram language model, which predicts the next character from the current
+one alone. It learns the little that one character tells (after ',' comes a digit, never
+'0'), and shows why counting needs a model that looks further back: that is gpt.py.
+
+    python bigram.py                  # train, then print the losses, a sample and what it learned
+    python bigram.py --max_iters=500  # any setting below, as --key=value
+"""
+import sys
+import time
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from data import CountingEval, Tokenizer, fail, get_batch, load_data, parse_settings
+
+# -----------------------------------------------------------------------------
+# default settings; each can be overridden on the command line as --key=value
+max_num = 1_000_000   # the text is "0,1,2,...,max_num-1"
+batch_size = 32
+block_size = 8        # a bigram looks at one character, but trains on many positions at once
+max_iters = 3000
+eval_interval = 500
+eval_iters = 50
+learning_rate = 1e-2
+seed = 1337
+device = "auto"       # auto = cuda, else mps, else cpu
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
+
+
+class BigramLanguageModel(nn.Module):
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        # row i of the table holds the logits (unnormalised log-probabilities) of the token after i
+        self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
+
+    def forward(self, idx, targets=None):
+        logits = self.token_embedding_table(idx)  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            B, T, V = logits.shape
+            loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens):
+        """Append max_new_tokens tokens to idx (B, T), each sampled from the last token's row."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -1:])                                   # (B, 1, vocab_size)
+            probs = F.softmax(logits[:, -1, :], dim=-1)                     # (B, vocab_size)
+            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)  # (B, T+1)
+        return idx
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, cfg, dev):
+    model.eval()
+    out = {}
+    for name, data in splits.items():
+        losses = torch.zeros(cfg.eval_iters)
+        for i in range(cfg.eval_iters):
+            x, y = get_batch(data, cfg.batch_size, cfg.block_size, dev)
+            losses[i] = model(x, y)[1].item()
+        out[name] = losses.mean().item()
+    model.train()
+    return out
+
+
+def main(argv):
+    cfg, _ = parse_settings(argv, DEFAULTS)
+    if cfg.block_size < 1 or cfg.batch_size < 1 or cfg.max_iters < 0 or cfg.eval_interval < 1 or cfg.eval_iters < 1:
+        fail("block_size, batch_size, eval_interval and eval_iters must be at least 1, max_iters at least 0")
+    if not cfg.learning_rate > 0:
+        fail(f"--learning_rate={cfg.learning_rate} must be positive, e.g. {learning_rate}")
+    torch.manual_seed(cfg.seed)
+    dev = cfg.device if cfg.device != "auto" else \
+        "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    t0 = time.perf_counter()
+    tok, train_data, val_data = load_data(cfg.max_num)
+    if len(val_data) <= cfg.block_size + 1:
+        fail(f"--max_num={cfg.max_num} is too small for a validation window of {cfg.block_size + 1} tokens; raise it")
+    train_data, val_data = train_data.to(dev), val_data.to(dev)
+    print(f"data ready in {time.perf_counter() - t0:.2f}s: {len(train_data):,} train / {len(val_data):,} val tokens")
+
+    model = BigramLanguageModel(tok.vocab_size).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    t0 = time.perf_counter()
+    for it in range(cfg.max_iters + 1):
+        if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+            losses = estimate_loss(model, {"train": train_data, "val": val_data}, cfg, dev)
+            print(f"step {it:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f}")
+        if it == cfg.max_iters:
+            break
+        x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, dev)
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    print(f"trained {cfg.max_iters} steps in {time.perf_counter() - t0:.1f}s")
+
+    # What one character tells: the learned distribution of the character after ','
+    probs = F.softmax(model.token_embedding_table.weight[tok.stoi[","]], dim=-1)
+    print("after ',': " + "  ".join(f"{ch!r} {p:.3f}" for ch, p in zip(tok.vocab, probs.tolist())))
+    idx = torch.tensor([tok.encode("0,")], device=dev)
+    print(f"sample: {tok.decode(model.generate(idx, 60)[0])!r}")
+    # ...and what it does not: the same exhaustive counting check that gpt.py passes
+    print(CountingEval(val_data, block_size=32)(model).summary())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
