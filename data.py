@@ -79,7 +79,7 @@ def get_batch(data, batch_size, block_size, device, generator=None, sampler=None
     else:
         ix = sampler(batch_size, generator)
     window = data[ix[:, None] + torch.arange(block_size + 1, device=data.device)]  # (B, T+1)
-    x, y = window[:, :-1], window[:, 1:]
+    x, y = window[:, :-1].clone(), window[:, 1:].clone()  # two tensors: editing y never touches x
     return x.to(device), y.to(device)
 
 
@@ -108,7 +108,7 @@ class StepSampler:
             run &= (k <= length) & (data[(end - k).clamp(min=0)] == 10)  # token 10 is '9'
             nines += run
         n, n_end = start[:-1], end[1:]        # a step: number n_i (from start[i]) and n_i + 1 (to end[i+1])
-        kind = length[:-1]
+        kind = (length * 16 + nines)[:-1]  # (digits, trailing 9s) of n
         weight = 1.0 / torch.bincount(kind)[kind].float()
         self.cdf = torch.cumsum(weight, 0) / weight.sum()
         self.lo = (n_end - block_size).clamp(min=0)                       # window must reach n+1's comma

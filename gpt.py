@@ -33,8 +33,8 @@ block_size = 32            # context length in characters
 dropout = 0.0              # the text is noise-free and never repeats a window often: no need
 # training
 batch_size = 64
-uniform_windows = 0.5      # fraction of training windows drawn uniformly; the rest by data.StepSampler
-max_iters = 6000
+uniform_windows = 1.0      # fraction of training windows drawn uniformly; the rest by data.StepSampler
+max_iters = 4000
 learning_rate = 3e-3
 min_lr = 3e-4              # cosine decay ends here
 warmup_iters = 100

@@ -1,0 +1,107 @@
+"""
+Benchmarks for gpt.py, printed as tables: the figures in README.md come from here.
+
+    python bench.py                    # time to 100% held-out counting, throughput, generation, peer row
+    python bench.py --runs=3           # medians of 3 training runs
+    python bench.py --ablations=True   # also: which choices mattered (one run each, several minutes)
+
+Training time excludes evaluation (gpt.py times them apart). Runs share one machine, so compare
+the figures of one bench run with each other (ratios), not with another machine's.
+"""
+import contextlib
+import io
+import statistics
+import sys
+import time
+
+import torch
+
+import gpt
+from data import CountingEval, Tokenizer, fail, load_data, parse_settings
+
+runs = 1              # training runs of the default config (the median is reported)
+gen_numbers = 2000    # numbers counted on in the generation benchmark
+peer = True           # train the ng-video-lecture hyperparameters for the same time
+ablations = False     # one run per variant in ABLATIONS
+out_dir = "out/bench"
+DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
+
+QUIET = ["--full_check=False", "--long_count=0", "--max_new_tokens=0", "--eval_interval=100"]
+# what a learner would copy from ng-video-lecture (Karpathy's "Let's build GPT")
+PEER = ["--n_embd=384", "--n_head=6", "--n_layer=6", "--block_size=256", "--batch_size=64",
+        "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000"]
+# each: a name and the settings it changes from gpt.py's defaults
+ABLATIONS = [
+    ("defaults", []),
+]
+
+
+def train(args):
+    """One gpt.py training run, its printout kept quiet. Returns gpt.main's summary."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return gpt.main(QUIET + [f"--out_dir={out_dir}"] + args)
+
+
+def row(name, r):
+    reached = "100.000%" if r["accuracy"] == 1.0 else f"{100 * r['accuracy']:.3f}%"
+    return (f"| {name} | {reached} | {r['iters']} | {r['train_time']:.1f} | "
+            f"{1000 * r['train_time'] / max(r['iters'], 1):.1f} | {r['tokens_per_s']:,.0f} |")
+
+
+def main(argv):
+    cfg, _ = parse_settings(argv, DEFAULTS)
+    if cfg.runs < 1 or cfg.gen_numbers < 1:
+        fail("--runs and --gen_numbers must be at least 1")
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {gpt.pick_device('auto')}")
+    header = ("| run | held-out accuracy | steps | train s | ms/step | tokens/s |\n"
+              "|---|---|---|---|---|---|")
+
+    print(f"\n## Time to 100% exhaustive held-out counting, gpt.py defaults ({cfg.runs} run(s))\n\n{header}")
+    results = []
+    for i in range(cfg.runs):
+        results.append(train([f"--seed={1337 + i}"]))
+        print(row(f"defaults, seed {1337 + i}", results[-1]), flush=True)
+    median = {k: statistics.median(r[k] for r in results) for k in ("train_time", "iters", "tokens_per_s")}
+    print(f"median: {median['train_time']:.1f}s of training, {median['iters']:.0f} steps, "
+          f"{median['tokens_per_s']:,.0f} tokens/s; {sum(r['accuracy'] == 1.0 for r in results)}/{cfg.runs} "
+          f"runs reached 100%; evaluation took {statistics.median(r['eval_time'] for r in results):.1f}s more")
+
+    print(f"\n## Generation: greedy long count of {cfg.gen_numbers:,} held-out numbers, last run's model\n")
+    ckpt = torch.load(f"{out_dir}/ckpt.pt", weights_only=True)
+    model = gpt.GPT(gpt.GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    _, _, val_data = load_data(gpt.max_num)
+    numbers = CountingEval(val_data, model.config.block_size).numbers
+    prompt, wanted = numbers[:3], numbers[3:3 + cfg.gen_numbers]
+    speeds, texts = {}, {}
+    for use_cache in (True, False):
+        tok = Tokenizer()
+        idx = torch.tensor([tok.encode(",".join(prompt) + ",")])
+        n_new = len(",".join(wanted))
+        t = time.perf_counter()
+        out = model.generate(idx, n_new, temperature=0.0, use_cache=use_cache)
+        speeds[use_cache] = n_new / (time.perf_counter() - t)
+        texts[use_cache] = tok.decode(out[0, idx.shape[1]:])
+    print("| path | tokens/s |\n|---|---|")
+    print(f"| key/value cache | {speeds[True]:,.0f} |\n| no cache (recompute the context) | {speeds[False]:,.0f} |")
+    print(f"cache speed-up {speeds[True] / speeds[False]:.2f}x; identical output: {texts[True] == texts[False]}; "
+          f"counted right: {texts[True] == ','.join(wanted)}")
+
+    if cfg.peer:
+        budget = median["train_time"]
+        print(f"\n## ng-video-lecture hyperparameters, same {budget:.1f}s training budget\n\n{header}")
+        p = train(PEER + [f"--max_seconds={budget}"])
+        print(row("n_embd 384, 6 heads, 6 layers, block 256, lr 3e-4, dropout 0.2", p))
+        print(f"defaults vs peer: {median['tokens_per_s'] / p['tokens_per_s']:.1f}x the tokens/s, held-out "
+              f"accuracy {100 * results[-1]['accuracy']:.3f}% vs {100 * p['accuracy']:.3f}% in the same time")
+
+    if cfg.ablations:
+        print(f"\n## Ablations: one run each, gpt.py defaults with one change\n\n{header}")
+        for name, args in ABLATIONS:
+            print(row(name, train(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
