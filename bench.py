@@ -17,7 +17,7 @@ import time
 import torch
 
 import gpt
-from data import CountingEval, Tokenizer, fail, load_data, parse_settings
+from data import CountingEval, Tokenizer, fail, load_data, parse_settings, pick_device
 
 runs = 1              # training runs of the default config (the median is reported)
 gen_numbers = 2000    # numbers counted on in the generation benchmark
@@ -29,14 +29,19 @@ DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") an
 QUIET = ["--full_check=False", "--long_count=0", "--max_new_tokens=0", "--eval_interval=100"]
 # what a learner would copy from ng-video-lecture (Karpathy's "Let's build GPT")
 PEER = ["--n_embd=384", "--n_head=6", "--n_layer=6", "--block_size=256", "--batch_size=64",
-        "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000"]
+        "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000", "--eval_iters=2"]
 # each: a name and the settings it changes from gpt.py's defaults
 ABLATIONS = [
-    ("defaults", []),
+    ("defaults: uniform windows, batch 64, lr 3e-3", []),
+    ("10% of windows from StepSampler", ["--uniform_windows=0.9"]),
+    ("20% of windows from StepSampler", ["--uniform_windows=0.8"]),
+    ("batch 32", ["--batch_size=32"]),
+    ("learning rate 1e-3", ["--learning_rate=1e-3", "--min_lr=1e-4"]),
+    ("4 layers", ["--n_layer=4"]),
 ]
 
 
-def train(args):
+def train(args, out_dir):
     """One gpt.py training run, its printout kept quiet. Returns gpt.main's summary."""
     with contextlib.redirect_stdout(io.StringIO()):
         return gpt.main(QUIET + [f"--out_dir={out_dir}"] + args)
@@ -53,14 +58,14 @@ def main(argv):
     if cfg.runs < 1 or cfg.gen_numbers < 1:
         fail("--runs and --gen_numbers must be at least 1")
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {gpt.pick_device('auto')}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {pick_device()}")
     header = ("| run | held-out accuracy | steps | train s | ms/step | tokens/s |\n"
               "|---|---|---|---|---|---|")
 
     print(f"\n## Time to 100% exhaustive held-out counting, gpt.py defaults ({cfg.runs} run(s))\n\n{header}")
     results = []
     for i in range(cfg.runs):
-        results.append(train([f"--seed={1337 + i}"]))
+        results.append(train([f"--seed={1337 + i}"], cfg.out_dir))
         print(row(f"defaults, seed {1337 + i}", results[-1]), flush=True)
     median = {k: statistics.median(r[k] for r in results) for k in ("train_time", "iters", "tokens_per_s")}
     print(f"median: {median['train_time']:.1f}s of training, {median['iters']:.0f} steps, "
@@ -68,7 +73,7 @@ def main(argv):
           f"runs reached 100%; evaluation took {statistics.median(r['eval_time'] for r in results):.1f}s more")
 
     print(f"\n## Generation: greedy long count of {cfg.gen_numbers:,} held-out numbers, last run's model\n")
-    ckpt = torch.load(f"{out_dir}/ckpt.pt", weights_only=True)
+    ckpt = torch.load(f"{cfg.out_dir}/ckpt.pt", weights_only=True)
     model = gpt.GPT(gpt.GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     model.eval()
@@ -92,7 +97,7 @@ def main(argv):
     if cfg.peer:
         budget = median["train_time"]
         print(f"\n## ng-video-lecture hyperparameters, same {budget:.1f}s training budget\n\n{header}")
-        p = train(PEER + [f"--max_seconds={budget}"])
+        p = train(PEER + [f"--max_seconds={budget}"], cfg.out_dir + "/peer")
         print(row("n_embd 384, 6 heads, 6 layers, block 256, lr 3e-4, dropout 0.2", p))
         print(f"defaults vs peer: {median['tokens_per_s'] / p['tokens_per_s']:.1f}x the tokens/s, held-out "
               f"accuracy {100 * results[-1]['accuracy']:.3f}% vs {100 * p['accuracy']:.3f}% in the same time")
@@ -100,7 +105,7 @@ def main(argv):
     if cfg.ablations:
         print(f"\n## Ablations: one run each, gpt.py defaults with one change\n\n{header}")
         for name, args in ABLATIONS:
-            print(row(name, train(args)), flush=True)
+            print(row(name, train(args, cfg.out_dir + "/ablation")), flush=True)
 
 
 if __name__ == "__main__":

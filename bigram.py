@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import CountingEval, Tokenizer, fail, get_batch, load_data, parse_settings
+from data import CountingEval, Tokenizer, fail, get_batch, load_data, parse_settings, pick_device
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -76,8 +76,7 @@ def main(argv):
     if not cfg.learning_rate > 0:
         fail(f"--learning_rate={cfg.learning_rate} must be positive, e.g. {learning_rate}")
     torch.manual_seed(cfg.seed)
-    dev = cfg.device if cfg.device != "auto" else \
-        "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    dev = pick_device(cfg.device)
     t0 = time.perf_counter()
     tok, train_data, val_data = load_data(cfg.max_num)
     if len(val_data) <= cfg.block_size + 1:

@@ -232,12 +232,23 @@ class CountingResult:
 
 
 # ------------------------------------------------------------------------------------------
-# Command-line settings, shared by bigram.py and gpt.py
+# Command-line settings and the device, shared by bigram.py and gpt.py
 
 def fail(message):
     """Bad input: one line that names the problem and the fix, exit code 2, no traceback."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def pick_device(name="auto"):
+    """auto: CUDA if present, else Apple's MPS, else the CPU."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def parse_settings(argv, defaults):

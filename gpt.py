@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import CountingEval, StepSampler, Tokenizer, fail, get_batch, load_data, parse_settings
+from data import CountingEval, StepSampler, Tokenizer, fail, get_batch, load_data, parse_settings, pick_device
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -30,11 +30,11 @@ n_layer = 2
 n_head = 4
 n_embd = 64
 block_size = 32            # context length in characters
-dropout = 0.0              # the text is noise-free and never repeats a window often: no need
+dropout = 0.0              # 0.1 made steps 60% slower and did not reach 100% sooner (README)
 # training
 batch_size = 64
 uniform_windows = 1.0      # fraction of training windows drawn uniformly; the rest by data.StepSampler
-max_iters = 4000
+max_iters = 4000           # the cosine schedule's length; stop_at_100 usually ends training sooner
 learning_rate = 3e-3
 min_lr = 3e-4              # cosine decay ends here
 warmup_iters = 100
@@ -214,7 +214,7 @@ class GPT(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------
-# Settings, device, checkpoints
+# Settings and checkpoints
 
 def parse_args(argv):
     """The defaults above with the command line's --key=value overrides, checked for sense."""
@@ -226,7 +226,7 @@ def parse_args(argv):
         (c.block_size >= 2, f"--block_size={c.block_size} is too small; use at least 2 (default {block_size})"),
         (c.batch_size >= 1 and c.eval_iters >= 1 and c.eval_interval >= 1,
          "batch_size, eval_iters and eval_interval must be at least 1"),
-        (c.max_iters >= 0 and c.max_seconds >= 0 and c.warmup_iters >= 0 and c.max_new_tokens >= 0 and c.long_count >= 0 and c.top_k >= 0,
+        (min(c.max_iters, c.max_seconds, c.warmup_iters, c.max_new_tokens, c.long_count, c.top_k) >= 0,
          "max_iters, max_seconds, warmup_iters, max_new_tokens, long_count and top_k cannot be negative"),
         (0 < c.learning_rate < math.inf, f"--learning_rate={c.learning_rate} must be positive, e.g. {learning_rate}"),
         (0 <= c.min_lr <= c.learning_rate, f"--min_lr={c.min_lr} must be between 0 and --learning_rate"),
@@ -246,16 +246,6 @@ def parse_args(argv):
     except ValueError as e:
         fail(f"--prompt={c.prompt!r}: {e}")
     return c, given
-
-
-def pick_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def save_checkpoint(path, model, optimizer, iter_num, cfg):
