@@ -26,7 +26,7 @@ ablations = False     # one run per variant in ABLATIONS
 out_dir = "out/bench"
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
 
-QUIET = ["--full_check=False", "--long_count=0", "--max_new_tokens=0", "--eval_interval=100"]
+QUIET = ["--full_check=False", "--long_count=0", "--max_new_tokens=0"]
 # what a learner would copy from ng-video-lecture (Karpathy's "Let's build GPT")
 PEER = ["--n_embd=384", "--n_head=6", "--n_layer=6", "--block_size=256", "--batch_size=64",
         "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000", "--eval_iters=2"]

@@ -7,6 +7,7 @@ A character-level GPT that learns to count: model, training loop, evaluation and
 
 The task, the tokenizer, the batches and the counting evaluation live in data.py.
 """
+import copy
 import math
 import os
 import signal
@@ -39,6 +40,7 @@ learning_rate = 3e-3
 min_lr = 3e-4              # cosine decay ends here
 warmup_iters = 100
 weight_decay = 0.1
+ema_decay = 0.99           # evaluate, sample and save a moving average of the weights (0 = the raw weights)
 grad_clip = 1.0            # clip the gradient norm at this (0 = off)
 eval_interval = 250        # evaluate (losses + exhaustive counting accuracy) every this many steps
 eval_iters = 20            # batches per loss estimate
@@ -248,11 +250,13 @@ def parse_args(argv):
     return c, given
 
 
-def save_checkpoint(path, model, optimizer, iter_num, cfg):
+def save_checkpoint(path, model, ema, optimizer, iter_num, cfg):
     """Write to a temporary file, then rename it over the old checkpoint: the rename is atomic,
-    so a crash or Ctrl-C mid-write leaves the previous checkpoint intact."""
+    so a crash or Ctrl-C mid-write leaves the previous checkpoint intact. "model" holds the
+    averaged weights (what sampling uses), "train_model" the raw ones (what training resumes)."""
     ckpt = {
-        "model": model.state_dict(),
+        "model": ema.state_dict(),
+        "train_model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "model_config": asdict(model.config),
         "vocab": Tokenizer().vocab,
@@ -278,7 +282,7 @@ def load_checkpoint(path, device, cfg, given):
         fail(f"no checkpoint at {path}; train one first with: python gpt.py (or point --out_dir at one)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-        missing = {"model", "optimizer", "model_config", "vocab", "iter_num", "rng"} - ckpt.keys()
+        missing = {"model", "train_model", "optimizer", "model_config", "vocab", "iter_num", "rng"} - ckpt.keys()
         if missing:
             raise KeyError(f"missing {sorted(missing)}")
         model_config = GPTConfig(**ckpt["model_config"])
@@ -308,6 +312,7 @@ def estimate_loss(model, splits, cfg, ctx):
     """Mean loss over eval_iters batches per split. The batches come from a generator of their
     own, reseeded each time: every estimate sees the same batches, and training's stream of
     random numbers is untouched (so a resumed run matches an unbroken one)."""
+    was_training = model.training
     model.eval()
     out = {}
     for name, data in splits.items():
@@ -319,7 +324,7 @@ def estimate_loss(model, splits, cfg, ctx):
                 _, loss = model(x, y)
             losses[i] = loss.item()
         out[name] = losses.mean().item()
-    model.train()
+    model.train(was_training)
     return out
 
 
@@ -341,9 +346,13 @@ def main(argv):
     tok = Tokenizer()
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)).to(device)
+    # The weights we evaluate are an exponential moving average of the trained ones: training
+    # ends each step a little off the best point, and the average smooths that noise away.
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
     if ckpt is not None:
         try:
-            model.load_state_dict(ckpt["model"])
+            ema.load_state_dict(ckpt["model"])
+            model.load_state_dict(ckpt["train_model"])
         except RuntimeError as e:
             fail(f"checkpoint {ckpt_path} does not fit the model ({str(e).splitlines()[0]}); train a new one")
     print(f"device {device}, {sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -352,7 +361,7 @@ def main(argv):
     if cfg.mode == "sample":
         idx = torch.tensor([tok.encode(cfg.prompt)], device=device)
         with ctx:
-            out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
+            out = ema.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
         print(tok.decode(out[0]))
         return
 
@@ -411,22 +420,22 @@ def main(argv):
                           file=sys.stderr)
                     sys.exit(1)
             if stop_requested:
-                save_checkpoint(ckpt_path, model, optimizer, iter_num, cfg)
+                save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
                 print(f"interrupted at step {iter_num}; saved {ckpt_path}. Resume with: "
                       f"python gpt.py --init_from=resume {' '.join(argv)}".rstrip())
                 sys.exit(130)
             if at_eval:
                 t_eval = time.perf_counter()
-                losses = estimate_loss(model, {"train": train_data, "val": val_data}, cfg, ctx)
+                losses = estimate_loss(ema, {"train": train_data, "val": val_data}, cfg, ctx)
                 with ctx:
-                    result = held_out(model)
+                    result = held_out(ema)
                 eval_time += time.perf_counter() - t_eval
                 steps = iter_num - interval_iter
                 print(f"step {iter_num:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f} | "
                       f"held-out counting {100 * result.accuracy:7.3f}% | "
                       f"{1000 * interval / steps if steps else 0:.1f} ms/step | "
                       f"train {train_time:.1f}s, eval {time.perf_counter() - t_eval:.1f}s", flush=True)
-                save_checkpoint(ckpt_path, model, optimizer, iter_num, cfg)
+                save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
                 if result.accuracy == 1.0 and cfg.stop_at_100:
                     print(f"every held-out number counted right after {iter_num} steps, {train_time:.1f}s of training")
                     break
@@ -444,6 +453,9 @@ def main(argv):
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p, 1.0 - cfg.ema_decay)  # e = decay * e + (1 - decay) * p
             last_loss = loss.detach()  # checked at each evaluation (reading it every step would stall a GPU)
             iter_num += 1
     finally:
@@ -453,22 +465,22 @@ def main(argv):
     if cfg.full_check:  # every n -> n+1 of the whole text, training part included
         with ctx:
             print("whole text: " + CountingEval(torch.cat([train_data, val_data]), cfg.block_size,
-                                                starts_at_number=True)(model).summary())
+                                                starts_at_number=True)(ema).summary())
     # a sample: the prompt just before the hardest held-out carry
     k = int(held_out.carries[1:].argmax()) + 1
-    show = count_check(model, held_out.numbers[k - 2:k], held_out.numbers[k:k + 4], device, ctx)
+    show = count_check(ema, held_out.numbers[k - 2:k], held_out.numbers[k:k + 4], device, ctx)
     print(f"sample: {','.join(held_out.numbers[k - 2:k])}, -> {show['text']!r}")
     # counting on, greedily, far past the context window
     n = min(cfg.long_count, len(held_out.numbers) - 3)
     if n > 0:
-        lc = count_check(model, held_out.numbers[:3], held_out.numbers[3:3 + n], device, ctx)
+        lc = count_check(ema, held_out.numbers[:3], held_out.numbers[3:3 + n], device, ctx)
         print(f"long count: {n:,} numbers on from {held_out.numbers[2]}: " + (
             "no error" if lc["first_wrong"] is None else
             f"first wrong number is #{lc['first_wrong'] + 1}: wanted {lc['wanted']}, got {lc['got']!r}")
             + f" ({lc['tokens_per_s']:,.0f} tokens/s)")
     idx = torch.tensor([tok.encode(cfg.prompt)], device=device)
     with ctx:
-        out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
+        out = ema.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
     print(f"prompt {cfg.prompt!r} -> {tok.decode(out[0])!r}")
     return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time, "accuracy": result.accuracy,
             "tokens_per_s": (iter_num - first_iter) * cfg.batch_size * cfg.block_size / max(train_time, 1e-9)}
