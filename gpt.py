@@ -40,7 +40,7 @@ learning_rate = 3e-3
 min_lr = 3e-4              # cosine decay ends here
 warmup_iters = 100
 weight_decay = 0.1
-ema_decay = 0.99           # evaluate, sample and save a moving average of the weights (0 = the raw weights)
+ema_decay = 0.0            # evaluate, sample and save a moving average of the weights (0 = the raw weights)
 grad_clip = 1.0            # clip the gradient norm at this (0 = off)
 eval_interval = 250        # evaluate (losses + exhaustive counting accuracy) every this many steps
 eval_iters = 20            # batches per loss estimate
