@@ -186,7 +186,7 @@ def test_gpt_loss_decreases(capsys):
     gpt.main(TINY + ["--max_num=10000", "--max_iters=300", "--eval_interval=300", "--out_dir=/tmp/countgpt-test-loss"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
     first, last = (float(line.split("train ")[1].split()[0]) for line in (lines[0], lines[-1]))
-    assert first > 2.3 and last < 1.8, (first, last)
+    assert first > 2.3 and last < 1.0, (first, last)  # measured: 2.40 -> 0.56
 
 
 def test_trained_gpt_counts_held_out(trained):
