@@ -346,8 +346,8 @@ def main(argv):
     tok = Tokenizer()
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)).to(device)
-    # The weights we evaluate are an exponential moving average of the trained ones: training
-    # ends each step a little off the best point, and the average smooths that noise away.
+    # The weights we evaluate, sample from and save: with ema_decay > 0 an exponential moving
+    # average of the trained ones, which smooths away their step-to-step noise; with 0 a copy.
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     if ckpt is not None:
         try:
