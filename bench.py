@@ -12,12 +12,11 @@ import contextlib
 import io
 import statistics
 import sys
-import time
 
 import torch
 
 import gpt
-from data import CountingEval, Tokenizer, fail, load_data, parse_settings, pick_device
+from data import CountingEval, fail, load_data, parse_settings, pick_device
 
 runs = 1              # training runs of the default config (the median is reported)
 gen_numbers = 2000    # numbers counted on in the generation benchmark
@@ -82,19 +81,13 @@ def main(argv):
     _, _, val_data = load_data(gpt.max_num)
     numbers = CountingEval(val_data, model.config.block_size).numbers
     prompt, wanted = numbers[:3], numbers[3:3 + cfg.gen_numbers]
-    speeds, texts = {}, {}
-    for use_cache in (True, False):
-        tok = Tokenizer()
-        idx = torch.tensor([tok.encode(",".join(prompt) + ",")])
-        n_new = len(",".join(wanted))
-        t = time.perf_counter()
-        out = model.generate(idx, n_new, temperature=0.0, use_cache=use_cache)
-        speeds[use_cache] = n_new / (time.perf_counter() - t)
-        texts[use_cache] = tok.decode(out[0, idx.shape[1]:])
+    gen = {use_cache: gpt.count_check(model, prompt, wanted, "cpu", contextlib.nullcontext(), use_cache)
+            for use_cache in (True, False)}
+    speeds = {use_cache: r["tokens_per_s"] for use_cache, r in gen.items()}
     print("| path | tokens/s |\n|---|---|")
     print(f"| key/value cache | {speeds[True]:,.0f} |\n| no cache (recompute the context) | {speeds[False]:,.0f} |")
-    print(f"cache speed-up {speeds[True] / speeds[False]:.2f}x; identical output: {texts[True] == texts[False]}; "
-          f"counted right: {texts[True] == ','.join(wanted)}")
+    print(f"cache speed-up {speeds[True] / speeds[False]:.2f}x; identical output: "
+          f"{gen[True]['text'] == gen[False]['text']}; counted right: {gen[True]['first_wrong'] is None}")
 
     if cfg.peer:
         budget = median["train_time"]

@@ -230,7 +230,6 @@ class CountingResult:
         return "\n".join(lines)
 
 
-
 # ------------------------------------------------------------------------------------------
 # Command-line settings and the device, shared by bigram.py and gpt.py
 

@@ -486,7 +486,7 @@ def main(argv):
             "tokens_per_s": (iter_num - first_iter) * cfg.batch_size * cfg.block_size / max(train_time, 1e-9)}
 
 
-def count_check(model, prompt_numbers, wanted, device, ctx):
+def count_check(model, prompt_numbers, wanted, device, ctx, use_cache=True):
     """Prompt with numbers, continue greedily for as many tokens as the wanted numbers take,
     and find the first number that differs."""
     tok = Tokenizer()
@@ -494,7 +494,7 @@ def count_check(model, prompt_numbers, wanted, device, ctx):
     idx = torch.tensor([tok.encode(",".join(prompt_numbers) + ",")], device=device)
     t = time.perf_counter()
     with ctx:
-        out = model.generate(idx, len(want_text), temperature=0.0)
+        out = model.generate(idx, len(want_text), temperature=0.0, use_cache=use_cache)
     elapsed = time.perf_counter() - t
     text = tok.decode(out[0, idx.shape[1]:])
     got = text.split(",")
