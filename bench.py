@@ -4,6 +4,7 @@ Benchmarks for gpt.py, printed as tables: the figures in README.md come from her
     python bench.py                    # time to 100% held-out counting, throughput, generation, peer row
     python bench.py --runs=3           # medians of 3 training runs
     python bench.py --ablations=True   # also: which choices mattered (one run each, several minutes)
+    python bench.py --compile_check=True --peer=False   # also: is torch.compile faster here?
 
 Training time excludes evaluation (gpt.py times them apart). Runs share one machine, so compare
 the figures of one bench run with each other (ratios), not with another machine's.
@@ -12,16 +13,18 @@ import contextlib
 import io
 import statistics
 import sys
+import time
 
 import torch
 
 import gpt
-from data import CountingEval, fail, load_data, parse_settings, pick_device
+from data import CountingEval, fail, get_batch, load_data, parse_settings, pick_device
 
 runs = 1              # training runs of the default config (the median is reported)
 gen_numbers = 2000    # numbers counted on in the generation benchmark
 peer = True           # train the ng-video-lecture hyperparameters for the same time
 ablations = False     # one run per variant in ABLATIONS
+compile_check = False  # time training steps eager vs torch.compile (the compile flag's default rests on this)
 out_dir = "out/bench"
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
 
@@ -48,6 +51,28 @@ def train(args, out_dir):
         return gpt.main(QUIET + [f"--out_dir={out_dir}"] + args)
 
 
+def step_times(compiled, device, steps=200):
+    """Seconds for the first training step (where torch.compile compiles) and ms per step after
+    it: gpt.py's default model, AdamW, batches of 64 x 32, the same batches either way."""
+    torch.manual_seed(0)
+    _, train_data, _ = load_data(gpt.max_num)
+    train_data = train_data.to(device)
+    model = gpt.GPT(gpt.GPTConfig()).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=gpt.learning_rate)
+    forward = torch.compile(model) if compiled else model
+    times = []
+    for _ in range(steps + 11):
+        t = time.perf_counter()
+        x, y = get_batch(train_data, gpt.batch_size, gpt.block_size, device)
+        _, loss = forward(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss.item()  # wait for the device
+        times.append(time.perf_counter() - t)
+    return times[0], 1000 * sum(times[11:]) / steps  # skip 10 warm-up steps after the first
+
+
 def row(name, r):
     reached = "100.000%" if r["accuracy"] == 1.0 else f"{100 * r['accuracy']:.3f}%"
     return (f"| {name} | {reached} | {r['iters']} | {r['train_time']:.1f} | "
@@ -69,19 +94,24 @@ def main(argv):
         results.append(train([f"--seed={1337 + i}"], cfg.out_dir))
         print(row(f"defaults, seed {1337 + i}", results[-1]), flush=True)
     median = {k: statistics.median(r[k] for r in results) for k in ("train_time", "iters", "tokens_per_s")}
-    print(f"median: {median['train_time']:.1f}s of training, {median['iters']:.0f} steps, "
-          f"{median['tokens_per_s']:,.0f} tokens/s; {sum(r['accuracy'] == 1.0 for r in results)}/{cfg.runs} "
-          f"runs reached 100%; evaluation took {statistics.median(r['eval_time'] for r in results):.1f}s more")
+    # time to 100%: a run that never got there counts as infinitely slow
+    to_100 = statistics.median(r["train_time"] if r["accuracy"] == 1.0 else float("inf") for r in results)
+    print(f"{sum(r['accuracy'] == 1.0 for r in results)}/{cfg.runs} runs reached 100%; median time to 100%: "
+          + (f"{to_100:.1f}s of training" if to_100 < float("inf") else "not reached")
+          + f"; median of all runs: {median['train_time']:.1f}s of training, {median['iters']:.0f} steps, "
+          f"{median['tokens_per_s']:,.0f} tokens/s; evaluation took "
+          f"{statistics.median(r['eval_time'] for r in results):.1f}s more")
 
     print(f"\n## Generation: greedy long count of {cfg.gen_numbers:,} held-out numbers, last run's model\n")
-    ckpt = torch.load(f"{cfg.out_dir}/ckpt.pt", weights_only=True)
-    model = gpt.GPT(gpt.GPTConfig(**ckpt["model_config"]))
+    device = pick_device()
+    ckpt = torch.load(f"{cfg.out_dir}/ckpt.pt", map_location=device, weights_only=True)
+    model = gpt.GPT(gpt.GPTConfig(**ckpt["model_config"])).to(device)
     model.load_state_dict(ckpt["model"])
     model.eval()
     _, _, val_data = load_data(gpt.max_num)
     numbers = CountingEval(val_data, model.config.block_size).numbers
     prompt, wanted = numbers[:3], numbers[3:3 + cfg.gen_numbers]
-    gen = {use_cache: gpt.count_check(model, prompt, wanted, "cpu", contextlib.nullcontext(), use_cache)
+    gen = {use_cache: gpt.count_check(model, prompt, wanted, device, contextlib.nullcontext(), use_cache)
             for use_cache in (True, False)}
     speeds = {use_cache: r["tokens_per_s"] for use_cache, r in gen.items()}
     print("| path | tokens/s |\n|---|---|")
@@ -96,6 +126,17 @@ def main(argv):
         print(row("n_embd 384, 6 heads, 6 layers, block 256, lr 3e-4, dropout 0.2", p))
         print(f"defaults vs peer: {median['tokens_per_s'] / p['tokens_per_s']:.1f}x the tokens/s, held-out "
               f"accuracy {100 * results[-1]['accuracy']:.3f}% vs {100 * p['accuracy']:.3f}% in the same time")
+
+    if cfg.compile_check:
+        device = pick_device()
+        print(f"\n## torch.compile vs eager: training steps of the default model on {device}, eager, "
+              f"compiled, eager, compiled\n\n| mode | first step s | ms/step after |\n|---|---|---|")
+        ms = {False: [], True: []}
+        for compiled in (False, True, False, True):
+            first, per_step = step_times(compiled, device)
+            ms[compiled].append(per_step)
+            print(f"| {'torch.compile' if compiled else 'eager'} | {first:.1f} | {per_step:.1f} |", flush=True)
+        print(f"compiled / eager step time: {min(ms[True]) / min(ms[False]):.2f} (best of two each)")
 
     if cfg.ablations:
         print(f"\n## Ablations: one run each, gpt.py defaults with one change\n\n{header}")
