@@ -18,7 +18,7 @@ import time
 import torch
 
 import gpt
-from data import CountingEval, fail, get_batch, load_data, parse_settings, pick_device
+from data import CountingEval, fail, get_batch, load_data, parse_settings, percent, pick_device
 
 runs = 1              # training runs of the default config (the median is reported)
 gen_numbers = 2000    # numbers counted on in the generation benchmark
@@ -74,7 +74,7 @@ def step_times(compiled, device, steps=200):
 
 
 def row(name, r):
-    reached = "100.000%" if r["accuracy"] == 1.0 else f"{100 * r['accuracy']:.3f}%"
+    reached = percent(r["correct"], r["total"])
     return (f"| {name} | {reached} | {r['iters']} | {r['train_time']:.1f} | "
             f"{1000 * r['train_time'] / max(r['iters'], 1):.1f} | {r['tokens_per_s']:,.0f} |")
 
@@ -125,7 +125,8 @@ def main(argv):
         p = train(PEER + [f"--max_seconds={budget}"], cfg.out_dir + "/peer")
         print(row("n_embd 384, 6 heads, 6 layers, block 256, lr 3e-4, dropout 0.2", p))
         print(f"defaults vs peer: {median['tokens_per_s'] / p['tokens_per_s']:.1f}x the tokens/s, held-out "
-              f"accuracy {100 * results[-1]['accuracy']:.3f}% vs {100 * p['accuracy']:.3f}% in the same time")
+              f"accuracy {percent(results[-1]['correct'], results[-1]['total'])} vs {percent(p['correct'], p['total'])} "
+              f"in the same time")
 
     if cfg.compile_check:
         device = pick_device()

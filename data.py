@@ -204,6 +204,15 @@ class CountingEval:
         return CountingResult(self, wrong[1:].cpu(), picked.cpu(), max_failures)
 
 
+def percent(correct, total, decimals=3):
+    """correct/total as a percentage that reads 100% only when nothing is wrong: 999,997 of
+    999,999 is 99.9998%, which plain rounding would print as 100.000%; this prints 99.999%."""
+    p = 100 * correct / total
+    if correct < total:
+        p = min(p, 100 - 10 ** -decimals)
+    return f"{p:.{decimals}f}%"
+
+
 class CountingResult:
     """Accuracy overall, per carry class (trailing zeros of the target) and per digit length."""
 
@@ -222,9 +231,9 @@ class CountingResult:
                          for k in wrong.nonzero().squeeze(1)[:max_failures].tolist()]
 
     def summary(self):
-        lines = [f"counting accuracy {100 * self.accuracy:.3f}% ({self.correct}/{self.total})"]
+        lines = [f"counting accuracy {percent(self.correct, self.total)} ({self.correct}/{self.total})"]
         for name, table in (("carry (trailing zeros)", self.by_carry), ("digits", self.by_length)):
-            lines.append(f"  by {name}: " + ", ".join(f"{k}: {100 * c / t:.2f}% of {t}"
+            lines.append(f"  by {name}: " + ", ".join(f"{k}: {percent(c, t, 2)} of {t}"
                                                       for k, (c, t) in sorted(table.items())))
         lines += [f"  wrong: {f}" for f in self.failures]
         return "\n".join(lines)

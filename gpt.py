@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import CountingEval, StepSampler, Tokenizer, fail, get_batch, load_data, parse_settings, pick_device
+from data import (CountingEval, StepSampler, Tokenizer, fail, get_batch, load_data, parse_settings, percent,
+                  pick_device)
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -432,7 +433,7 @@ def main(argv):
                 eval_time += time.perf_counter() - t_eval
                 steps = iter_num - interval_iter
                 print(f"step {iter_num:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f} | "
-                      f"held-out counting {100 * result.accuracy:7.3f}% | "
+                      f"held-out counting {percent(result.correct, result.total):>8} | "
                       f"{1000 * interval / steps if steps else 0:.1f} ms/step | "
                       f"train {train_time:.1f}s, eval {time.perf_counter() - t_eval:.1f}s", flush=True)
                 save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
@@ -483,6 +484,7 @@ def main(argv):
         out = ema.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
     print(f"prompt {cfg.prompt!r} -> {tok.decode(out[0])!r}")
     return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time, "accuracy": result.accuracy,
+            "correct": result.correct, "total": result.total,
             "tokens_per_s": (iter_num - first_iter) * cfg.batch_size * cfg.block_size / max(train_time, 1e-9)}
 
 

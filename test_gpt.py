@@ -13,7 +13,7 @@ import torch
 
 import bigram
 import gpt
-from data import CountingEval, StepSampler, Tokenizer, counting_text, get_batch, load_data
+from data import CountingEval, StepSampler, Tokenizer, counting_text, get_batch, load_data, percent
 from gpt import GPT, GPTConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -136,6 +136,14 @@ def test_counting_eval_scores_exactly():
     assert ev(Oracle()).accuracy == 1.0
     result = ev(Oracle(break_after=ev.numbers[20]))
     assert result.correct == result.total - 1 and ev.numbers[21] in result.failures[0]
+    assert "counting accuracy 100.000%" in ev(Oracle()).summary()
+
+
+def test_percent_reads_100_only_when_nothing_is_wrong():
+    assert percent(999_999, 999_999) == "100.000%"
+    assert percent(999_997, 999_999) == "99.999%"       # 99.9998% would round up to 100.000%
+    assert percent(89_999, 90_000, 2) == "99.99%"
+    assert percent(98_410, 98_411) == "99.999%" and percent(1, 3) == "33.333%" and percent(0, 7) == "0.000%"
 
 
 # ---------------------------------------------------------------------------------------------
