@@ -51,12 +51,11 @@ def train(args, out_dir):
         return gpt.main(QUIET + [f"--out_dir={out_dir}"] + args)
 
 
-def step_times(compiled, device, steps=200):
+def step_times(compiled, train_data, steps=200):
     """Seconds for the first training step (where torch.compile compiles) and ms per step after
     it: gpt.py's default model, AdamW, batches of 64 x 32, the same batches either way."""
     torch.manual_seed(0)
-    _, train_data, _ = load_data(gpt.max_num)
-    train_data = train_data.to(device)
+    device = train_data.device
     model = gpt.GPT(gpt.GPTConfig()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=gpt.learning_rate)
     forward = torch.compile(model) if compiled else model
@@ -84,7 +83,8 @@ def main(argv):
     if cfg.runs < 1 or cfg.gen_numbers < 1:
         fail("--runs and --gen_numbers must be at least 1")
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {pick_device()}")
+    device = pick_device()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     header = ("| run | held-out accuracy | steps | train s | ms/step | tokens/s |\n"
               "|---|---|---|---|---|---|")
 
@@ -103,7 +103,6 @@ def main(argv):
           f"{statistics.median(r['eval_time'] for r in results):.1f}s more")
 
     print(f"\n## Generation: greedy long count of {cfg.gen_numbers:,} held-out numbers, last run's model\n")
-    device = pick_device()
     ckpt = torch.load(f"{cfg.out_dir}/ckpt.pt", map_location=device, weights_only=True)
     model = gpt.GPT(gpt.GPTConfig(**ckpt["model_config"])).to(device)
     model.load_state_dict(ckpt["model"])
@@ -129,12 +128,12 @@ def main(argv):
               f"in the same time")
 
     if cfg.compile_check:
-        device = pick_device()
+        train_data = load_data(gpt.max_num)[1].to(device)
         print(f"\n## torch.compile vs eager: training steps of the default model on {device}, eager, "
               f"compiled, eager, compiled\n\n| mode | first step s | ms/step after |\n|---|---|---|")
         ms = {False: [], True: []}
         for compiled in (False, True, False, True):
-            first, per_step = step_times(compiled, device)
+            first, per_step = step_times(compiled, train_data)
             ms[compiled].append(per_step)
             print(f"| {'torch.compile' if compiled else 'eager'} | {first:.1f} | {per_step:.1f} |", flush=True)
         print(f"compiled / eager step time: {min(ms[True]) / min(ms[False]):.2f} (best of two each)")
