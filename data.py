@@ -84,19 +84,23 @@ def get_batch(data, batch_size, block_size, device, generator=None, sampler=None
 
 
 class StepSampler:
-    """Window starts that show every *kind* of step n -> n+1 equally often.
+    """Window starts that show the rare steps n -> n+1 far more often than the text does.
 
     Uniform windows show what the text is mostly made of: 6-digit numbers with no carry. The
     rare steps are the hard ones: 9999 -> 10000 changes five digits but happens once per ten
-    thousand numbers, 99 -> 100 (a new length) happens once in the whole text, and the
-    numbers 0..99 fill only the first 290 of its 6.9M characters. So each window is centred
-    on a step n -> n+1 drawn uniformly over the kinds (digits of n, trailing 9s of n), then
-    uniformly within its kind, and placed at a random offset that still shows the comma
-    before n and the comma after n+1. A fraction `uniform` of the windows stays uniform.
-    `data` must start at the first digit of a number (the training split does)."""
+    thousand numbers, 99 -> 100 (a new length) happens once in the whole text, and the numbers
+    0..99 fill only the first 290 of its 6.9M characters. So each window is centred on a step
+    n -> n+1 drawn by its *kind* (digits of n, trailing 9s of n): a kind that holds a share p of
+    all the steps is drawn with probability proportional to p**alpha. alpha=1 keeps the text's
+    own mix; alpha=0 draws every kind equally often, so the single step 9 -> 10 would get as many
+    windows as all 810,000 carry-free 6-digit steps together; in between, the rare kinds are
+    boosted without starving the common ones. (Multilingual language models balance their
+    languages the same way: XLM-R samples them with alpha=0.3.) Within a kind the step is
+    uniform, and the window sits at a random offset that still shows the comma before n and the
+    comma after n+1. `data` must start at the first digit of a number (the training split does)."""
 
-    def __init__(self, data, block_size, uniform=0.5):
-        self.data, self.block_size, self.uniform = data, block_size, uniform
+    def __init__(self, data, block_size, alpha=0.3):
+        self.data, self.block_size = data, block_size
         dev = data.device
         commas = (data == 0).nonzero().squeeze(1)
         start = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), commas[:-1] + 1])  # start[i]: n_i
@@ -108,9 +112,10 @@ class StepSampler:
             run &= (k <= length) & (data[(end - k).clamp(min=0)] == 10)  # token 10 is '9'
             nines += run
         n, n_end = start[:-1], end[1:]        # a step: number n_i (from start[i]) and n_i + 1 (to end[i+1])
-        kind = (length * 16 + nines)[:-1]  # (digits, trailing 9s) of n
-        weight = 1.0 / torch.bincount(kind)[kind].float()
-        self.cdf = torch.cumsum(weight, 0) / weight.sum()
+        kind = (length * 16 + nines)[:-1]     # (digits, trailing 9s) of n, one id per kind
+        count = torch.bincount(kind)[kind].double()  # how many steps share each step's kind
+        weight = count ** (alpha - 1)         # so a kind's total weight is count**alpha
+        self.cdf = (torch.cumsum(weight, 0) / weight.sum()).float()
         self.lo = (n_end - block_size).clamp(min=0)                       # window must reach n+1's comma
         self.hi = (n - 1).clamp(min=0).maximum(self.lo)                   # and show the comma before n
 
@@ -120,9 +125,7 @@ class StepSampler:
         step = step.clamp(max=len(self.cdf) - 1)
         lo, hi = self.lo[step], self.hi[step]
         ix = lo + (torch.rand(batch_size, device=dev, generator=generator) * (hi - lo + 1)).long()
-        uniform = torch.randint(len(self.data) - self.block_size, (batch_size,), device=dev, generator=generator)
-        use_uniform = torch.rand(batch_size, device=dev, generator=generator) < self.uniform
-        return torch.where(use_uniform, uniform, ix).clamp(max=len(self.data) - self.block_size - 1)
+        return ix.clamp(max=len(self.data) - self.block_size - 1)
 
 
 class CountingEval:
