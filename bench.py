@@ -6,8 +6,10 @@ Benchmarks for gpt.py, printed as tables: the figures in README.md come from her
     python bench.py --ablations=True   # also: which choices mattered (one run each, several minutes)
     python bench.py --compile_check=True --peer=False   # also: is torch.compile faster here?
 
-Training time excludes evaluation (gpt.py times them apart). Runs share one machine, so compare
-the figures of one bench run with each other (ratios), not with another machine's.
+Training runs skip gpt.py's whole-text check (--full_check=False), so each stops at its first
+evaluation with every held-out number right. Training time excludes evaluation (gpt.py times them
+apart). Runs share one machine, so compare the figures of one bench run with each other (ratios),
+not with another machine's.
 """
 import contextlib
 import io

@@ -29,8 +29,8 @@ from data import (CountingEval, StepSampler, Tokenizer, fail, get_batch, load_da
 max_num = 1_000_000        # the text is "0,1,2,...,max_num-1"
 # model
 n_layer = 2
-n_head = 8                 # 8 heads of 8 channels: 4 of 16 reach 100% held-out as soon, but miss a few
-                           # rare steps of the whole text (README)
+n_head = 8                 # 8 heads of 8 channels: all checks right on 2 of 3 seeds, at steps 1,250 and
+                           # 1,500; 4 heads of 16: 2 of 3, at 1,500 and 3,750 (README)
 n_embd = 64
 block_size = 32            # context length in characters
 dropout = 0.0              # 0.1 made steps 60% slower and did not reach 100% sooner (README)
