@@ -2,8 +2,9 @@
 The task shared by bigram.py and gpt.py: a character-level model that learns to count.
 
 The text is "0,1,2,...,999999": every digit and the comma is one token. This file builds
-the text, the Tokenizer, the train/val split, get_batch (random training windows), and the
-counting evaluation, which checks every held-out number exactly.
+the text, the Tokenizer, the train/val split, get_batch (random training windows), StepSampler
+(which windows: the rare steps far more often than the text has them), and the counting
+evaluation, which checks every held-out number exactly.
 
     python data.py            # prints the text, the vocabulary, the split and how long it takes
 """
