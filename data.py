@@ -94,11 +94,11 @@ class StepSampler:
     n -> n+1 drawn by its *kind* (digits of n, trailing 9s of n): a kind that holds a share p of
     all the steps is drawn with probability proportional to p**alpha. alpha=1 keeps the text's
     own mix; alpha=0 draws every kind equally often, so the single step 9 -> 10 would get as many
-    windows as all 810,000 carry-free 6-digit steps together; in between, the rare kinds are
-    boosted without starving the common ones. (Multilingual language models balance their
-    languages the same way: XLM-R samples them with alpha=0.3.) Within a kind the step is
-    uniform, and the window sits at a random offset that still shows the comma before n and the
-    comma after n+1. `data` must start at the first digit of a number (the training split does)."""
+    windows as the training split's 721,429 carry-free 6-digit steps together; in between, the
+    rare kinds are boosted without starving the common ones. (Multilingual language models
+    balance their languages the same way: XLM-R samples them with alpha=0.3.) Within a kind the
+    step is uniform, and the window sits at a random offset that still shows the comma before n
+    and the comma after n+1. `data` must start at the first digit of a number (the training split does)."""
 
     def __init__(self, data, block_size, alpha=0.3):
         self.data, self.block_size = data, block_size

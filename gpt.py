@@ -439,9 +439,9 @@ def main(argv):
                 losses = estimate_loss(ema, {"train": train_data, "val": val_data}, cfg, ctx)
                 with ctx:
                     result = held_out(ema)
-                    # the whole text costs ten held-out checks: check it only once held-out is all right
-                    whole = whole_text(ema) if whole_text and result.accuracy == 1.0 else None
-                    zero = count_check(ema, ["0"], from_zero, device, ctx) if whole else None
+                # the whole text costs ten held-out checks: check it only once held-out is all right
+                whole, zero = (check_whole_text(ema, whole_text, from_zero, device, ctx)
+                               if whole_text and result.accuracy == 1.0 else (None, None))
                 eval_time += time.perf_counter() - t_eval
                 steps = iter_num - interval_iter
                 print(f"step {iter_num:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f} | "
@@ -485,9 +485,7 @@ def main(argv):
     print(result.summary())
     if whole_text:
         if whole is None:  # not checked at the last evaluation
-            with ctx:
-                whole = whole_text(ema)
-                zero = count_check(ema, ["0"], from_zero, device, ctx)
+            whole, zero = check_whole_text(ema, whole_text, from_zero, device, ctx)
         print("whole text: " + whole.summary())
         print(f"counting from 0, to {from_zero[-1]}: {first_error(zero)}")
     # a sample: the prompt just before the hardest held-out carry
@@ -506,7 +504,6 @@ def main(argv):
     print(f"prompt {cfg.prompt!r} -> {tok.decode(out[0])!r}")
     return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time, "accuracy": result.accuracy,
             "correct": result.correct, "total": result.total, "first_100": first_100,
-            "whole_correct": whole.correct if whole else None, "whole_total": whole.total if whole else None,
             "tokens_per_s": (iter_num - first_iter) * cfg.batch_size * cfg.block_size / max(train_time, 1e-9)}
 
 
@@ -526,6 +523,13 @@ def count_check(model, prompt_numbers, wanted, device, ctx, use_cache=True):
     return {"text": text, "first_wrong": first_wrong, "tokens_per_s": len(want_text) / elapsed,
             "wanted": wanted[first_wrong] if first_wrong is not None else None,
             "got": got[first_wrong] if first_wrong is not None and first_wrong < len(got) else None}
+
+
+def check_whole_text(model, whole_text, from_zero, device, ctx):
+    """The checks beyond the held-out numbers: every n -> n+1 of the whole text (a CountingEval),
+    and greedy counting from "0," through the numbers in from_zero."""
+    with ctx:
+        return whole_text(model), count_check(model, ["0"], from_zero, device, ctx)
 
 
 def first_error(check):
