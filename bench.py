@@ -40,9 +40,10 @@ ABLATIONS = [  # the rows of README's "Which choices mattered" table
     ("--window_alpha=0.5", ["--window_alpha=0.5"]),
     ("no weight averaging (--ema_decay=0)", ["--ema_decay=0"]),
     ("the tutorial's windows and no averaging (the old defaults)", ["--window_alpha=1", "--ema_decay=0",
-                                                                   "--min_lr=3e-4", "--n_head=4"]),
+                                                                   "--min_lr=3e-4", "--weight_decay=0.1"]),
+    ("--weight_decay=0.1", ["--weight_decay=0.1"]),
     ("--min_lr=3e-4", ["--min_lr=3e-4"]),
-    ("--n_head=4", ["--n_head=4"]),
+    ("--n_head=8", ["--n_head=8"]),
 ]
 
 

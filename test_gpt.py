@@ -283,14 +283,16 @@ def test_counts_from_zero(trained):
 
 
 def test_stops_only_when_held_out_whole_text_and_from_zero_are_right(trained):
-    """stop_at_100 with full_check: a 100% held-out evaluation stops training only if the whole
-    text and the count from 0, are right too; otherwise training goes on."""
+    """stop_at_100 with full_check: a 100% held-out evaluation stops training only if the count
+    from 0, and the whole text are right too (the whole text is checked only when the count is);
+    otherwise training goes on."""
     steps = [line for line in trained[3].splitlines() if line.startswith("step")]
     perfect = [i for i, line in enumerate(steps) if "held-out counting 100.000%" in line]
     assert perfect, "the tiny run should reach 100% held-out (measured: at step 1000 of 3000)"
     for i in perfect:
-        assert "whole text" in steps[i], steps[i]
-        if "whole text 0 wrong, from 0, no error" in steps[i]:
+        assert "from 0," in steps[i], steps[i]
+        assert ("whole text" in steps[i]) == ("from 0, no error" in steps[i]), steps[i]
+        if "from 0, no error | whole text 0 wrong" in steps[i]:
             assert i == len(steps) - 1, steps       # all right: it stopped there
         else:
             assert i < len(steps) - 1 or steps[i].startswith("step  3000 "), steps  # went on (or ran out)
