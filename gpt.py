@@ -65,8 +65,8 @@ max_new_tokens = 100
 temperature = 0.0          # 0 = greedy (always the most likely token)
 top_k = 0                  # sample only from the k most likely tokens (0 = all)
 long_count = 10_000        # after training, count this many numbers on from a held-out prompt
-full_check = True          # also check every n -> n+1 of the whole text (0,1,2,... included), and count
-                           # on from "0,": at the end, and whenever the held-out check reaches 100%
+full_check = True          # also count on from "0," to 1000 and check every n -> n+1 of the whole text: at
+                           # the end, and when held-out reaches 100% (the whole text if the count is right)
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size")  # what a checkpoint fixes
@@ -452,7 +452,7 @@ def main(argv):
                 steps = iter_num - interval_iter
                 print(f"step {iter_num:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f} | "
                       f"held-out counting {percent(result.correct, result.total):>8} | "
-                      + (f"from 0, {'no error' if whole else 'wrong'} | " if zero else "")
+                      + (f"from 0, {'no error' if zero['first_wrong'] is None else 'wrong'} | " if zero else "")
                       + (f"whole text {whole.total - whole.correct} wrong | " if whole else "")
                       + f"{1000 * interval / steps if steps else 0:.1f} ms/step | "
                       f"train {train_time:.1f}s, eval {time.perf_counter() - t_eval:.1f}s", flush=True)
