@@ -488,9 +488,10 @@ def main(argv):
         signal.signal(signal.SIGINT, previous_handler)
 
     print(result.summary())
-    if whole_text:
-        if whole is None:  # not checked at the last evaluation
+    if whole_text:  # check what the last evaluation did not (the weights have not changed since)
+        if zero is None:
             zero = count_check(ema, ["0"], from_zero, device, ctx)
+        if whole is None:
             with ctx:
                 whole = whole_text(ema)
         print("whole text: " + whole.summary())
