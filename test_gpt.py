@@ -223,7 +223,7 @@ def test_gpt_loss_decreases(capsys):
 def test_trained_gpt_counts_held_out(trained):
     model, _, val_data, _ = trained
     result = CountingEval(val_data, 24)(model)
-    # measured: 99.990% of the 9,813 held-out numbers of max_num=100,000 (1 wrong) after 3000 steps
+    # measured: 100% of the 9,813 held-out numbers of max_num=100,000 at step 3000, where it stopped
     assert result.accuracy >= 0.995, result.summary()
     assert all(c / t >= 0.95 for carry, (c, t) in result.by_carry.items() if carry <= 2), result.summary()
 
