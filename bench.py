@@ -1,33 +1,43 @@
 """
 Benchmarks for gpt.py, printed as tables: the figures in README.md come from here.
 
-    python bench.py                    # time to 100% held-out counting, throughput, generation, peer row
+    python bench.py                    # the whole command, time to 100% held-out, generation, the peer row
     python bench.py --runs=3           # medians of 3 training runs
     python bench.py --ablations=True   # also: which choices mattered (one run each, several minutes)
+    python bench.py --scale=True       # also: how the cost grows with max_num, 10K to 10M (about 20 minutes)
     python bench.py --compile_check=True --peer=False   # also: is torch.compile faster here?
 
-Training runs skip gpt.py's whole-text check (--full_check=False), so each stops at its first
-evaluation with every held-out number right. Training time excludes evaluation (gpt.py times them
-apart). Runs share one machine, so compare the figures of one bench run with each other (ratios),
-not with another machine's.
+Training runs in this process skip gpt.py's whole-text check (--full_check=False), so each stops
+at its first evaluation with every held-out number right; training time excludes evaluation
+(gpt.py times them apart). Runs share one machine, so compare the figures of one bench run with
+each other (ratios), not with another machine's.
 """
 import contextlib
 import io
+import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
 
 import gpt
-from data import CountingEval, fail, get_batch, load_data, parse_settings, percent, pick_device
+from data import get_batch, load_data, percent
+from settings import parse_settings, pick_device
 
+# -----------------------------------------------------------------------------
 runs = 1              # training runs of the default config (the median is reported)
-gen_numbers = 2000    # numbers counted on in the generation benchmark
+whole_command = True  # time `python gpt.py` as a user runs it, in a fresh process
+gen_numbers = 300     # numbers each stream counts on in the generation benchmark
+streams = 64          # streams of the batched generation, against one stream
 peer = True           # train the ng-video-lecture hyperparameters for the same time
 ablations = False     # one run per variant in ABLATIONS
+scale = False         # python gpt.py at max_num 10K, 100K, 1M and 10M: steps, time, memory
 compile_check = False  # time training steps eager vs torch.compile (the compile flag's default rests on this)
 out_dir = "out/bench"
+# -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
 
 QUIET = ["--full_check=False", "--long_count=0", "--max_new_tokens=0"]
@@ -35,22 +45,43 @@ QUIET = ["--full_check=False", "--long_count=0", "--max_new_tokens=0"]
 PEER = ["--n_embd=384", "--n_head=6", "--n_layer=6", "--block_size=256", "--batch_size=64",
         "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000", "--eval_iters=2"]
 # each: a name and the settings it changes from gpt.py's defaults
-ABLATIONS = [  # the rows of README's "Which choices mattered" table
+ABLATIONS = [  # the rows of README's "What mattered" table
     ("uniform windows, as in the tutorial (--window_alpha=1)", ["--window_alpha=1"]),
-    ("--window_alpha=0.5", ["--window_alpha=0.5"]),
     ("no weight averaging (--ema_decay=0)", ["--ema_decay=0"]),
-    ("the tutorial's windows and no averaging (the old defaults)", ["--window_alpha=1", "--ema_decay=0",
-                                                                   "--min_lr=3e-4", "--weight_decay=0.1"]),
     ("--weight_decay=0.1", ["--weight_decay=0.1"]),
-    ("--min_lr=3e-4", ["--min_lr=3e-4"]),
     ("--n_head=8", ["--n_head=8"]),
 ]
 
 
 def train(args, out_dir):
-    """One gpt.py training run, its printout kept quiet. Returns gpt.main's summary."""
+    """One gpt.py training run in this process, its printout kept quiet. Returns gpt.main's summary."""
     with contextlib.redirect_stdout(io.StringIO()):
         return gpt.main(QUIET + [f"--out_dir={out_dir}"] + args)
+
+
+def run_gpt(args):
+    """`python gpt.py args` in a fresh process, as a user runs it: (seconds, peak memory in bytes
+    or None where the OS does not say, printout)."""
+    t = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "gpt.py", *args], cwd=os.path.dirname(os.path.abspath(__file__)),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = p.stdout.read()
+    if hasattr(os, "wait4"):
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
+    else:
+        p.wait()
+        peak = None
+    if p.returncode:
+        sys.exit(f"python gpt.py {' '.join(args)} failed:\n{out}")
+    return time.perf_counter() - t, peak, out
+
+
+def found(pattern, text, default="-"):
+    """The first group of `pattern` in `text`, or default."""
+    m = re.search(pattern, text)
+    return m.group(1) if m else default
 
 
 def step_times(compiled, train_data, steps=200):
@@ -81,15 +112,24 @@ def row(name, r):
 
 
 def main(argv):
-    cfg, _ = parse_settings(argv, DEFAULTS)
-    if cfg.runs < 1 or cfg.gen_numbers < 1:
-        fail("--runs and --gen_numbers must be at least 1")
+    cfg, _ = parse_settings(argv, DEFAULTS, __file__)
+    gpt.lock_out_dir(cfg.out_dir)  # a bad --out_dir is refused before any work
     torch.manual_seed(0)
     device = pick_device()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+
+    if cfg.whole_command:
+        seconds, peak, out = run_gpt([f"--out_dir={cfg.out_dir}/whole"])
+        cells = [f"{seconds:.1f}"] + [found(p, out) for p in (
+            r"stopped at step (\d+)", r"([\d.]+)s of training,", r"([\d.]+)s of evaluation",
+            r"held-out: counting accuracy (\S+)", r"whole text: counting accuracy (\S+)",
+            r"counting from 0, to \d+: (.*)", r"in all: (.*?) \(")] + [f"{peak / 2**20:,.0f} MB" if peak else "-"]
+        print("\n## The whole command: python gpt.py (a fresh process)\n\n| wall s | stopped at step | train s | eval s | "
+              "held-out | whole text | from 0, | long count | peak memory |\n|---|---|---|---|---|---|---|---|---|\n| "
+              + " | ".join(cells) + " |", flush=True)
+
     header = ("| run | held-out accuracy | steps | train s | ms/step | tokens/s |\n"
               "|---|---|---|---|---|---|")
-
     print(f"\n## Time to 100% exhaustive held-out counting, gpt.py defaults ({cfg.runs} run(s))\n\n{header}")
     results = []
     for i in range(cfg.runs):
@@ -104,21 +144,24 @@ def main(argv):
           f"{median['tokens_per_s']:,.0f} tokens/s; evaluation took "
           f"{statistics.median(r['eval_time'] for r in results):.1f}s more")
 
-    print(f"\n## Generation: greedy long count of {cfg.gen_numbers:,} held-out numbers, last run's model\n")
-    ckpt = torch.load(f"{cfg.out_dir}/ckpt.pt", map_location=device, weights_only=True)
-    model = gpt.GPT(gpt.GPTConfig(**ckpt["model_config"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    _, _, val_data = load_data(gpt.max_num)
-    numbers = CountingEval(val_data, model.config.block_size).numbers
-    prompt, wanted = numbers[:3], numbers[3:3 + cfg.gen_numbers]
-    gen = {use_cache: gpt.count_check(model, prompt, wanted, device, contextlib.nullcontext(), use_cache)
-            for use_cache in (True, False)}
-    speeds = {use_cache: r["tokens_per_s"] for use_cache, r in gen.items()}
-    print("| path | tokens/s |\n|---|---|")
-    print(f"| key/value cache | {speeds[True]:,.0f} |\n| no cache (recompute the context) | {speeds[False]:,.0f} |")
-    print(f"cache speed-up {speeds[True] / speeds[False]:.2f}x; identical output: "
-          f"{gen[True]['text'] == gen[False]['text']}; counted right: {gen[True]['first_wrong'] is None}")
+    print(f"\n## Generation: greedy counting of {cfg.gen_numbers:,} held-out numbers per stream, last run's model\n")
+    model = gpt.GPT(gpt.GPTConfig(**torch.load(f"{cfg.out_dir}/ckpt.pt", weights_only=True)["model_config"]))
+    model.load_state_dict(torch.load(f"{cfg.out_dir}/ckpt.pt", weights_only=True)["model"])
+    model.to(device).eval()
+    train_data, val_data = load_data(gpt.max_num)[1:]
+    held_out = gpt.Checks(train_data, val_data, gpt.parse_args(["--long_count=0"])[0]).held_out
+    starts = [1 + i * (held_out.n - cfg.gen_numbers - 4) // cfg.streams for i in range(cfg.streams)]
+    count = [([held_out.number(k), held_out.number(k + 1)],
+              [held_out.number(j) for j in range(k + 2, k + 2 + cfg.gen_numbers)]) for k in starts]
+    speed, right = {}, {}
+    for name, streams_, use_cache in (("one stream, key/value cache", 1, True), ("one stream, no cache", 1, False),
+                                      (f"{cfg.streams} streams at once, key/value cache", cfg.streams, True)):
+        errors, speed[name] = gpt.count_on(model, *zip(*count[:streams_]), contextlib.nullcontext(), use_cache)
+        right[name] = sum(e is None for e in errors)
+        print(f"| {name} | {speed[name]:,.0f} tokens/s | {right[name]}/{streams_} streams right |", flush=True)
+    names = list(speed)
+    print(f"key/value cache speed-up {speed[names[0]] / speed[names[1]]:.2f}x; batched streams "
+          f"{speed[names[2]] / speed[names[0]]:.1f}x the tokens/s of one")
 
     if cfg.peer:
         budget = median["train_time"]
@@ -130,7 +173,7 @@ def main(argv):
               f"in the same time")
 
     if cfg.compile_check:
-        train_data = load_data(gpt.max_num)[1].to(device)
+        train_data = train_data.to(device)
         print(f"\n## torch.compile vs eager: training steps of the default model on {device}, eager, "
               f"compiled, eager, compiled\n\n| mode | first step s | ms/step after |\n|---|---|---|")
         ms = {False: [], True: []}
@@ -145,6 +188,21 @@ def main(argv):
         for name, args in ABLATIONS:
             print(row(name, train(args, cfg.out_dir + "/ablation")), flush=True)
 
+    if cfg.scale:
+        print("\n## How the cost grows: python gpt.py --max_num=N (fresh processes)\n\n"
+              "| max_num | held-out numbers | steps to 100% held-out | train s | held-out check s | µs per number | "
+              "whole-text check s | µs per number | peak memory |\n|---|---|---|---|---|---|---|---|---|")
+        for n in (10_000, 100_000, 1_000_000, 10_000_000):
+            _, _, trained = run_gpt([f"--max_num={n}", f"--out_dir={cfg.out_dir}/scale"] + QUIET)
+            _, peak, checked = run_gpt([f"--max_num={n}", f"--out_dir={cfg.out_dir}/scale", "--max_iters=0",
+                                        "--long_count=0", "--max_new_tokens=0"])
+            held = float(found(r"step     0 .* eval ([\d.]+)s", checked, "nan"))   # the loss estimate is ~1% of it
+            whole = float(found(r"whole text \(([\d.]+)s\)", checked, "nan"))
+            numbers = int(found(r"([\d,]+) held-out numbers", checked).replace(",", ""))
+            cells = [f"{n:,}", f"{numbers:,}", found(r"right after (\d+) steps", trained, "not reached"),
+                     found(r"([\d.]+)s of training,", trained), f"{held:.2f}", f"{1e6 * held / numbers:.1f}",
+                     f"{whole:.1f}", f"{1e6 * whole / (n - 1):.1f}", f"{peak / 2**20:,.0f} MB" if peak else "-"]
+            print("| " + " | ".join(cells) + " |", flush=True)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

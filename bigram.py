@@ -6,6 +6,7 @@ one alone. It learns the little that one character tells (after ',' comes a digi
     python bigram.py                  # train, then print the losses, a sample and what it learned
     python bigram.py --max_iters=500  # any setting below, as --key=value
 """
+import math
 import sys
 import time
 
@@ -13,11 +14,12 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import CountingEval, Tokenizer, fail, get_batch, load_data, parse_settings, pick_device
+from data import CountingEval, get_batch, load_data
+from settings import check_split, parse_settings, pick_device
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
-max_num = 1_000_000   # the text is "0,1,2,...,max_num-1"
+max_num = 1_000_000   # the text is ",0,1,2,...,max_num-1,"
 batch_size = 32
 block_size = 8        # a bigram looks at one character, but trains on many positions at once
 max_iters = 3000
@@ -70,17 +72,12 @@ def estimate_loss(model, splits, cfg, dev):
 
 
 def main(argv):
-    cfg, _ = parse_settings(argv, DEFAULTS)
-    if cfg.block_size < 1 or cfg.batch_size < 1 or cfg.max_iters < 0 or cfg.eval_interval < 1 or cfg.eval_iters < 1:
-        fail("block_size, batch_size, eval_interval and eval_iters must be at least 1, max_iters at least 0")
-    if not cfg.learning_rate > 0:
-        fail(f"--learning_rate={cfg.learning_rate} must be positive, e.g. {learning_rate}")
-    torch.manual_seed(cfg.seed)
+    cfg, _ = parse_settings(argv, DEFAULTS, __file__)
     dev = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     tok, train_data, val_data = load_data(cfg.max_num)
-    if len(val_data) <= cfg.block_size + 1:
-        fail(f"--max_num={cfg.max_num} is too small for a validation window of {cfg.block_size + 1} tokens; raise it")
+    check_split(train_data, val_data, cfg.max_num, cfg.block_size)
     train_data, val_data = train_data.to(dev), val_data.to(dev)
     print(f"data ready in {time.perf_counter() - t0:.2f}s: {len(train_data):,} train / {len(val_data):,} val tokens")
 
@@ -95,6 +92,10 @@ def main(argv):
             break
         x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, dev)
         _, loss = model(x, y)
+        if not math.isfinite(loss.item()):
+            print(f"error: the loss became {loss.item()} at step {it}: training diverged; lower --learning_rate",
+                  file=sys.stderr)
+            sys.exit(1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -103,8 +104,8 @@ def main(argv):
     # What one character tells: the learned distribution of the character after ','
     probs = F.softmax(model.token_embedding_table.weight[tok.stoi[","]], dim=-1)
     print("after ',': " + "  ".join(f"{ch!r} {p:.3f}" for ch, p in zip(tok.vocab, probs.tolist())))
-    idx = torch.tensor([tok.encode("0,")], device=dev)
-    print(f"sample: {tok.decode(model.generate(idx, 60)[0])!r}")
+    idx = torch.tensor([tok.encode(",0,")], device=dev)  # the text, and every prompt, begins with a comma
+    print(f"sample: {tok.decode(model.generate(idx, 60)[0, 1:])!r}")
     # ...and what it does not: the same exhaustive counting check that gpt.py passes
     print(CountingEval(val_data, block_size=32)(model).summary())
 

@@ -1,38 +1,51 @@
 """
 The task shared by bigram.py and gpt.py: a character-level model that learns to count.
 
-The text is "0,1,2,...,999999": every digit and the comma is one token. This file builds
-the text, the Tokenizer, the train/val split, get_batch (random training windows), StepSampler
-(which windows: the rare steps far more often than the text has them), and the counting
-evaluation, which checks every held-out number exactly.
+The text is ",0,1,2,...,999999,": every digit and the comma is one token, and every number
+stands between two commas, the first one included. That leading comma is the text's own
+separator marking where the text begins: a window that starts with a comma tells the model that
+a number starts right after it, and gpt.py puts one in front of every prompt for the same reason.
+
+This file builds the text, the Tokenizer, the train/val split, get_batch (random training
+windows), StepSampler (which windows: the rare steps far more often than the text has them)
+and CountingEval (the exhaustive counting check, which scores every number exactly).
 
     python data.py            # prints the text, the vocabulary, the split and how long it takes
 """
-import bisect
-import sys
 import time
-from types import SimpleNamespace
 
 import torch
 
 VOCAB = ",0123456789"  # ',' -> 0, '0' -> 1, ..., '9' -> 10 (the tutorial's mapping)
+COMMA, ZERO, NINE = 0, 1, 10
 
 
-def counting_text(max_num):
-    """The numbers 0 .. max_num-1 joined by commas: '0,1,2,...'."""
-    return ",".join(map(str, range(max_num)))
+def counting_text(stop, start=0):
+    """The numbers start .. stop-1, each followed by a comma: '0,1,2,' for stop=3."""
+    return "".join(f"{n}," for n in range(start, stop))
+
+
+def text_length(max_num):
+    """Characters in the whole text ',0,1,...,max_num-1,' without building it."""
+    chars, digits = 1, 1                                     # the leading comma
+    while 10 ** (digits - 1) < max_num or digits == 1:
+        lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), min(10 ** digits, max_num)
+        chars += (hi - lo) * (digits + 1)                    # each number and its comma
+        digits += 1
+    return chars
 
 
 class Tokenizer:
-    """Characters <-> integer token ids. Encoding uses a 256-entry byte lookup table, so the
-    whole 6.9M-character text is encoded in one tensor operation instead of a Python loop."""
+    """Characters <-> integer token ids. Encoding uses a 256-entry byte lookup table, so a
+    million-number text is encoded in one tensor operation instead of a Python loop. Ids are
+    stored as uint8: 11 symbols fit a byte, an eighth of the memory of int64."""
 
     def __init__(self, vocab=VOCAB):
         self.vocab = vocab
         self.stoi = {ch: i for i, ch in enumerate(vocab)}
         self.itos = {i: ch for i, ch in enumerate(vocab)}
-        self.byte_to_id = torch.full((256,), -1, dtype=torch.long)  # -1 marks "not in vocab"
-        self.byte_to_id[list(vocab.encode("ascii"))] = torch.arange(len(vocab))
+        self.byte_to_id = torch.full((256,), 255, dtype=torch.uint8)  # 255 marks "not in vocab"
+        self.byte_to_id[list(vocab.encode("ascii"))] = torch.arange(len(vocab), dtype=torch.uint8)
         self.id_to_byte = torch.tensor(list(vocab.encode("ascii")), dtype=torch.uint8)
 
     @property
@@ -40,12 +53,12 @@ class Tokenizer:
         return len(self.vocab)
 
     def encode_tensor(self, string):
-        """str -> 1-D LongTensor of token ids. Raises ValueError on a character not in the vocab."""
+        """str -> 1-D uint8 tensor of token ids. Raises ValueError on a character not in the vocab."""
         raw = bytearray(string.encode("ascii", errors="replace"))  # non-ASCII -> '?', caught below
         if not raw:
-            return torch.empty(0, dtype=torch.long)
-        ids = self.byte_to_id.index_select(0, torch.frombuffer(raw, dtype=torch.uint8).long())
-        if (ids < 0).any():
+            return torch.empty(0, dtype=torch.uint8)
+        ids = self.byte_to_id[torch.frombuffer(raw, dtype=torch.uint8).long()]
+        if (ids == 255).any():
             bad = next(ch for ch in string if ch not in self.stoi)
             raise ValueError(f"character {bad!r} is not in the vocabulary {self.vocab!r}; "
                              f"use only these characters")
@@ -56,16 +69,26 @@ class Tokenizer:
         return self.encode_tensor(string).tolist()
 
     def decode(self, ids):
-        """list[int] or tensor of ids -> str"""
-        ids = torch.as_tensor(ids, dtype=torch.long).cpu()
-        return self.id_to_byte[ids].numpy().tobytes().decode("ascii")
+        """list[int] or tensor of ids -> str. Raises ValueError on an id that is not a whole
+        number from 0 to vocab_size-1 (indexing would otherwise wrap -1 around to '9')."""
+        ids = torch.as_tensor(ids).cpu()
+        if ids.numel() == 0:
+            return ""
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"token ids must be whole numbers, got {[f'{v:g}' for v in ids.flatten()[:5].tolist()]}")
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if len(bad):
+            raise ValueError(f"token ids {bad.unique()[:5].tolist()} are not in 0..{self.vocab_size - 1}")
+        return self.id_to_byte[ids.long()].numpy().tobytes().decode("ascii")
 
 
 def load_data(max_num=1_000_000, val_frac=0.1):
     """Build the text and split it as the tutorial does: the last val_frac of the characters
     is validation, the rest is training. Returns (tokenizer, train_data, val_data)."""
     tok = Tokenizer()
-    data = tok.encode_tensor(counting_text(max_num))
+    # encoded a million numbers at a time: one Python string of ten million numbers takes GBs
+    data = torch.cat([tok.encode_tensor(",")] + [tok.encode_tensor(counting_text(min(lo + 10**6, max_num), lo))
+                                                 for lo in range(0, max_num, 10**6)])
     n_val = int(len(data) * val_frac)
     return tok, data[:-n_val], data[-n_val:]
 
@@ -73,15 +96,25 @@ def load_data(max_num=1_000_000, val_frac=0.1):
 def get_batch(data, batch_size, block_size, device, generator=None, sampler=None):
     """A batch of random windows: x is block_size tokens, y is the same window shifted by one,
     so y[b, t] is the token that follows x[b, :t+1]. Windows start uniformly at random, or
-    where `sampler` (a StepSampler) puts them. Indexing builds the whole batch in one
-    operation, on the device where data already lives."""
+    where `sampler` (a StepSampler) puts them. The starts are drawn on the CPU, so a seed gives
+    the same batches on every device; the windows are gathered where the data lives."""
     if sampler is None:
-        ix = torch.randint(len(data) - block_size, (batch_size,), device=data.device, generator=generator)
+        ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     else:
         ix = sampler(batch_size, generator)
-    window = data[ix[:, None] + torch.arange(block_size + 1, device=data.device)]  # (B, T+1)
-    x, y = window[:, :-1].clone(), window[:, 1:].clone()  # two tensors: editing y never touches x
-    return x.to(device), y.to(device)
+    pos = ix[:, None].to(data.device) + torch.arange(block_size, device=data.device)  # (B, T)
+    x, y = data[pos], data[pos + 1]                                                  # (B, T) each
+    return x.to(device, torch.long), y.to(device, torch.long)
+
+
+def trailing(data, ends, length, token):
+    """How many times `token` ends each number: the number before comma ends[i] has length[i] digits."""
+    count = torch.zeros_like(length)
+    run = torch.ones_like(length, dtype=torch.bool)
+    for k in range(1, int(length.max()) + 1):
+        run &= (k <= length) & (data[ends - k] == token)
+        count += run
+    return count
 
 
 class StepSampler:
@@ -90,122 +123,108 @@ class StepSampler:
     Uniform windows show what the text is mostly made of: 6-digit numbers with no carry. The
     rare steps are the hard ones: 9999 -> 10000 changes five digits but happens once per ten
     thousand numbers, 99 -> 100 (a new length) happens once in the whole text, and the numbers
-    0..99 fill only the first 290 of its 6.9M characters. So each window is centred on a step
-    n -> n+1 drawn by its *kind* (digits of n, trailing 9s of n): a kind that holds a share p of
-    all the steps is drawn with probability proportional to p**alpha. alpha=1 keeps the text's
-    own mix; alpha=0 draws every kind equally often, so the single step 9 -> 10 would get as many
-    windows as the training split's 721,429 carry-free 6-digit steps together; in between, the
-    rare kinds are boosted without starving the common ones. (Multilingual language models
-    balance their languages the same way: XLM-R samples them with alpha=0.3.) Within a kind the
-    step is uniform, and the window sits at a random offset that still shows the comma before n
-    and the comma after n+1. `data` must start at the first digit of a number (the training split does)."""
+    0..99 fill only the first 291 of its 6.9M characters. So each window is centred on a step
+    n -> n+1 drawn by its *kind* (digits of n, trailing 9s of n): a kind that holds a count c
+    of the steps is drawn with probability proportional to c**alpha, then one of its steps
+    uniformly. alpha=1 keeps the text's own mix; alpha=0 draws every kind equally often, so the
+    single step 9 -> 10 would get as many windows as the training split's 721,429 carry-free
+    6-digit steps together; in between, the rare kinds are boosted without starving the common
+    ones. (Multilingual language models balance their languages the same way: XLM-R samples them
+    with alpha=0.3.) The window sits at a random offset that still shows the comma before n and
+    the comma after n+1. `data` must start with a comma (the training split does). The tables
+    live on the CPU, as the random numbers do."""
 
     def __init__(self, data, block_size, alpha=0.3):
-        self.data, self.block_size = data, block_size
-        dev = data.device
-        commas = (data == 0).nonzero().squeeze(1)
-        start = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), commas[:-1] + 1])  # start[i]: n_i
-        end = commas                                                      # end[i]: the comma after n_i
-        length = end - start
-        nines = torch.zeros_like(length)  # trailing 9s of each number
-        run = torch.ones_like(length, dtype=torch.bool)
-        for k in range(1, int(length.max()) + 1):
-            run &= (k <= length) & (data[(end - k).clamp(min=0)] == 10)  # token 10 is '9'
-            nines += run
-        n, n_end = start[:-1], end[1:]        # a step: number n_i (from start[i]) and n_i + 1 (to end[i+1])
-        kind = (length * 16 + nines)[:-1]     # (digits, trailing 9s) of n, one id per kind
-        count = torch.bincount(kind)[kind].double()  # how many steps share each step's kind
-        weight = count ** (alpha - 1)         # so a kind's total weight is count**alpha
-        self.cdf = (torch.cumsum(weight, 0) / weight.sum()).float()
-        self.lo = (n_end - block_size).clamp(min=0)                       # window must reach n+1's comma
-        self.hi = (n - 1).clamp(min=0).maximum(self.lo)                   # and show the comma before n
+        data = data.cpu()
+        commas = (data == COMMA).nonzero().squeeze(1)   # number i lies between commas[i] and commas[i+1]
+        length = commas[1:] - commas[:-1] - 1
+        nines = trailing(data, commas[1:], length, NINE)
+        kind = (length * 16 + nines)[:-1]               # of each step n_i -> n_i+1: n_i's digits and 9s
+        _, kind_of_step, count = torch.unique(kind, return_inverse=True, return_counts=True)
+        self.kind_p = count.float() ** alpha / (count.float() ** alpha).sum()  # (kinds,)
+        self.steps_by_kind = torch.argsort(kind_of_step, stable=True)          # each kind's steps together
+        self.kind_first, self.kind_count = torch.cumsum(count, 0) - count, count
+        last_start = len(data) - block_size - 1
+        self.lo = (commas[2:] - block_size).clamp(0, last_start)  # the window reaches n+1's comma
+        self.hi = commas[:-2].clamp(max=last_start).maximum(self.lo)  # and shows the comma before n
 
     def __call__(self, batch_size, generator=None):
-        dev = self.data.device
-        step = torch.searchsorted(self.cdf, torch.rand(batch_size, device=dev, generator=generator))
-        step = step.clamp(max=len(self.cdf) - 1)
+        kind = torch.multinomial(self.kind_p, batch_size, replacement=True, generator=generator)
+        within = torch.randint(1 << 62, (batch_size,), generator=generator) % self.kind_count[kind]
+        step = self.steps_by_kind[self.kind_first[kind] + within]
         lo, hi = self.lo[step], self.hi[step]
-        ix = lo + (torch.rand(batch_size, device=dev, generator=generator) * (hi - lo + 1)).long()
-        return ix.clamp(max=len(self.data) - self.block_size - 1)
+        return lo + torch.randint(1 << 62, (batch_size,), generator=generator) % (hi - lo + 1)
 
 
 class CountingEval:
-    """Exhaustive counting accuracy: for every number whose predecessor is complete in `data`,
-    does greedy decoding, given the text before it, produce exactly its digits and then ','?
+    """Exhaustive counting accuracy: for every number in `data` whose predecessor is whole in it,
+    does greedy decoding, given the text before it, write exactly its digits and then ','?
 
     Greedy decoding gets a number right if and only if, at each of the number's positions, the
     argmax given the *true* text so far is the true next token (if every pick is right, the text
     it sees is the true text). So one teacher-forced forward pass scores many numbers at once,
-    with no sampling loop. Each window starts at the comma before a predecessor (or at the
-    text's start), so the model sees the whole previous number and knows where it begins, and
-    holds as many following numbers as fit in block_size; each number is scored in exactly one.
+    with no sampling loop. Each window starts at the comma before a number p, which it shows
+    whole, and scores the next `per_window` numbers: by default as many as block_size holds
+    (3 six-digit numbers in 32 tokens), and with per_window=1 each number sees only the number
+    before it, as a one-number prompt `p,` does. Every number is scored in exactly one window.
+    The tables are tensors (no Python object per number), so the cost grows with the text."""
 
-    starts_at_number: True when data[0] is the first digit of a number (the whole text);
-    False for a slice such as the validation split, whose first number may be cut off."""
+    def __init__(self, data, block_size, per_window=None):
+        self.data = data
+        self.commas = (data == COMMA).nonzero().squeeze(1)  # number i lies between commas[i] and commas[i+1]
+        n = len(self.commas) - 1                               # whole numbers in data
+        if n < 2:
+            raise ValueError(f"only {max(n, 0)} whole number(s) in the data: nothing to score")
+        self.length = (self.commas[1:] - self.commas[:-1] - 1).cpu()
+        longest = int(self.length.max()) + 1                   # a number and its comma
+        if per_window is None:
+            per_window = block_size // longest - 1
+        if per_window < 1 or (per_window + 1) * longest > block_size:
+            raise ValueError(f"block_size={block_size} cannot hold {per_window + 1 if per_window >= 1 else 2} "
+                             f"numbers of {longest - 1} digits and their commas; use a larger block_size")
+        self.per_window, self.n = per_window, n
+        # window w scores numbers first[w] .. first[w] + per_window - 1 (the last window fewer)
+        first = torch.arange(1, n, per_window, device=data.device)
+        final = (first + per_window - 1).clamp(max=n - 1)
+        self.ws = self.commas[first - 1]                       # window w starts at the comma before first[w] - 1
+        self.T = int((self.commas[final + 1] - self.ws).max())  # inputs up to the last digit of final[w]
+        self.padded = torch.cat([data, torch.zeros(self.T, dtype=data.dtype, device=data.device)])
+        self.carries = trailing(data, self.commas[1:], self.length.to(data.device), ZERO).cpu()  # trailing zeros
 
-    def __init__(self, data, block_size, starts_at_number=False):
-        self.data, self.block_size = data, block_size
-        text = Tokenizer().decode(data)
-        commas = (data == 0).nonzero().squeeze(1).tolist()
-        starts = ([0] if starts_at_number else []) + [c + 1 for c in commas]
-        numbers = text.split(",")[0 if starts_at_number else 1:]
-        if numbers and numbers[-1] == "":  # text ended with a comma: no number after it
-            starts, numbers = starts[:-1], numbers[:-1]
-        if len(numbers) < 2:
-            raise ValueError(f"only {len(numbers)} complete number(s) in the data: nothing to score")
-        n = len(numbers)
-        # last[k]: position of number k's last target token (its comma, or its last digit at the end)
-        last = [s + len(num) for s, num in zip(starts, numbers)]
-        last[-1] = min(last[-1], len(data) - 1)
-        # Greedy cover: a window opens just before number p and scores p+1 .. k, the last that fits.
-        ws, first, final, p = [], [], [], 0
-        while p < n - 1:
-            w = max(starts[p] - 1, 0)
-            k = bisect.bisect_right(last, w + block_size) - 1
-            if k <= p:
-                raise ValueError(f"block_size={block_size} cannot hold a number and its successor "
-                                 f"(,{numbers[p]},{numbers[p + 1]},); use a larger block_size")
-            ws.append(w), first.append(p + 1), final.append(k)
-            p = k
-        dev = data.device
-        self.ws, self.first, self.final = (torch.tensor(v, device=dev) for v in (ws, first, final))
-        # number_at[i]: index of the number that text position i belongs to (a comma belongs to
-        # the number before it); -1 past the end, where windows are padded.
-        pad = block_size + 1
-        self.number_at = torch.full((len(data) + pad,), -1, dtype=torch.long, device=dev)
-        self.number_at[starts[0]:len(data)] = torch.searchsorted(
-            torch.tensor(starts, device=dev), torch.arange(starts[0], len(data), device=dev), right=True) - 1
-        self.padded = torch.cat([data, torch.zeros(pad, dtype=data.dtype, device=dev)])
-        self.numbers = numbers
-        self.lengths = torch.tensor([len(s) for s in numbers])
-        self.carries = torch.tensor([len(s) - len(s.rstrip("0")) for s in numbers])  # trailing zeros
-        self.starts, self.last = starts, last
+    def number(self, k):
+        """Number k of the data, as text."""
+        return Tokenizer().decode(self.data[self.commas[k] + 1:self.commas[k + 1]])
 
     def context(self, k):
         """The tokens the metric shows the model before number k: its window, up to number k."""
-        w = bisect.bisect_left(self.final.tolist(), k)
-        return self.data[int(self.ws[w]):self.starts[k]]
+        return self.data[self.ws[(k - 1) // self.per_window]:self.commas[k] + 1]
 
     @torch.no_grad()
-    def __call__(self, model, batch_size=512, max_failures=5):
-        """Score every number. model(x) must return (logits, loss) with logits of shape (B, T, V)."""
+    def __call__(self, model, batch_size=512, max_failures=5, stop_at_wrong=False):
+        """Score every number. model(x) must return (logits, loss) with logits of shape (B, T, V).
+        stop_at_wrong: stop at the first batch with a wrong number, when only "all right?" matters;
+        the result then holds the numbers scored so far."""
         was_training = model.training
         model.eval()
-        dev, T = self.padded.device, self.block_size
-        wrong = torch.zeros(len(self.numbers), dtype=torch.bool, device=dev)
-        picked = torch.zeros(len(self.padded), dtype=torch.long, device=dev)  # argmax per position
-        offsets = torch.arange(T, device=dev)
+        dev = self.padded.device
+        wrong = torch.zeros(self.n, dtype=torch.bool, device=dev)
+        picked = torch.zeros(len(self.padded), dtype=torch.uint8, device=dev)  # argmax per scored position
+        offsets = torch.arange(self.T, device=dev)
         for i in range(0, len(self.ws), batch_size):
-            pos = self.ws[i:i + batch_size, None] + offsets               # (B, T) input positions
-            x, y = self.padded[pos], self.padded[pos + 1]                  # (B, T), (B, T)
-            number = self.number_at[pos + 1]                               # (B, T) whose token y is
-            scored = (number >= self.first[i:i + batch_size, None]) & (number <= self.final[i:i + batch_size, None])
-            logits, _ = model(x)                                           # (B, T, V)
-            pred = logits.argmax(dim=-1)                                   # (B, T)
+            pos = self.ws[i:i + batch_size, None] + offsets                    # (B, T) input positions
+            x, y = self.padded[pos].long(), self.padded[pos + 1].long()        # (B, T) each
+            number = torch.searchsorted(self.commas, pos + 1) - 1              # (B, T) whose digit or comma y is
+            first = 1 + (i + torch.arange(len(pos), device=dev)[:, None]) * self.per_window
+            scored = (number >= first) & (number < first + self.per_window) & (number < self.n)
+            logits, _ = model(x)                                               # (B, T, V)
+            pred = logits.argmax(dim=-1)                                       # (B, T)
             wrong[number[scored & (pred != y)]] = True
-            picked[pos[scored] + 1] = pred[scored]
+            picked[pos[scored] + 1] = pred[scored].to(torch.uint8)
+            if stop_at_wrong and wrong.any():
+                break
         model.train(was_training)
-        return CountingResult(self, wrong[1:].cpu(), picked.cpu(), max_failures)
+        scored_to = min(self.n, 1 + (i + batch_size) * self.per_window)  # numbers 1 .. scored_to-1 were scored
+        return CountingResult(self, wrong[1:scored_to].cpu(), picked.cpu(), max_failures)
 
 
 def percent(correct, total, decimals=3):
@@ -218,21 +237,26 @@ def percent(correct, total, decimals=3):
 
 
 class CountingResult:
-    """Accuracy overall, per carry class (trailing zeros of the target) and per digit length."""
+    """Accuracy overall, per carry class (trailing zeros of the number) and per digit length."""
 
     def __init__(self, ev, wrong, picked, max_failures):
         ok = ~wrong  # for numbers 1 .. n-1: number 0 of the data has no predecessor to count from
         self.ok = ok
         self.total, self.correct = len(ok), int(ok.sum())
         self.accuracy = self.correct / self.total
-        self.by_carry = {int(c): (int(ok[ev.carries[1:] == c].sum()), int((ev.carries[1:] == c).sum()))
-                         for c in ev.carries[1:].unique()}
-        self.by_length = {int(n): (int(ok[ev.lengths[1:] == n].sum()), int((ev.lengths[1:] == n).sum()))
-                          for n in ev.lengths[1:].unique()}
-        tok = Tokenizer()
-        self.failures = [f"{ev.numbers[k]} -> {ev.numbers[k + 1]}, argmax gave "
-                         f"{tok.decode(picked[ev.starts[k + 1]:ev.last[k + 1] + 1])!r}"
-                         for k in wrong.nonzero().squeeze(1)[:max_failures].tolist()]
+        self.by_carry = self.by_class(ev.carries[1:len(ok) + 1], ok)
+        self.by_length = self.by_class(ev.length[1:len(ok) + 1], ok)
+        commas = ev.commas.cpu()
+        self.failures = [f"{ev.number(k - 1)} -> {ev.number(k)}, argmax gave "
+                         f"{Tokenizer().decode(picked[commas[k] + 1:commas[k + 1] + 1])!r}"
+                         for k in (wrong.nonzero().squeeze(1)[:max_failures] + 1).tolist()]
+
+    @staticmethod
+    def by_class(cls, ok):
+        """{class: (right, total)} for each class present."""
+        total = torch.bincount(cls)
+        right = torch.bincount(cls[ok], minlength=len(total))
+        return {c: (int(right[c]), int(total[c])) for c in total.nonzero().squeeze(1).tolist()}
 
     def summary(self):
         lines = [f"counting accuracy {percent(self.correct, self.total)} ({self.correct}/{self.total})"]
@@ -241,48 +265,6 @@ class CountingResult:
                                                       for k, (c, t) in sorted(table.items())))
         lines += [f"  wrong: {f}" for f in self.failures]
         return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------
-# Command-line settings and the device, shared by bigram.py and gpt.py
-
-def fail(message):
-    """Bad input: one line that names the problem and the fix, exit code 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def pick_device(name="auto"):
-    """auto: CUDA if present, else Apple's MPS, else the CPU."""
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def parse_settings(argv, defaults):
-    """Apply --key=value overrides to a script's defaults, each converted to its default's type.
-    Returns the settings (read as s.n_layer) and the set of keys given on the command line."""
-    settings, given = dict(defaults), set()
-    for arg in argv:
-        key, eq, value = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or not eq:
-            fail(f"cannot read {arg!r}: write settings as --key=value, e.g. --max_iters=2000")
-        if key not in defaults:
-            fail(f"unknown setting --{key}; valid settings: {' '.join('--' + k for k in defaults)}")
-        kind = type(defaults[key])
-        try:
-            if kind is bool:
-                settings[key] = {"true": True, "1": True, "false": False, "0": False}[value.lower()]
-            else:
-                settings[key] = kind(value)
-        except (KeyError, ValueError):
-            fail(f"--{key}={value} is not a valid {kind.__name__}; e.g. --{key}={defaults[key]}")
-        given.add(key)
-    return SimpleNamespace(**settings), given
 
 
 if __name__ == "__main__":
@@ -295,5 +277,5 @@ if __name__ == "__main__":
     print(f"val   {len(val_data):,} tokens, starts {tok.decode(val_data[:24])!r}, "
           f"ends {tok.decode(val_data[-20:])!r}")
     ev = CountingEval(val_data, block_size=32)
-    print(f"held-out numbers to count: {len(ev.numbers) - 1:,} ({ev.numbers[1]} .. {ev.numbers[-1]}), "
-          f"in {len(ev.ws):,} windows of 32 tokens")
+    print(f"held-out numbers to count: {ev.n - 1:,} ({ev.number(1)} .. {ev.number(ev.n - 1)}), "
+          f"in {len(ev.ws):,} windows of {ev.T} tokens")

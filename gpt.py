@@ -1,15 +1,19 @@
 """
-A character-level GPT that learns to count: model, training loop, evaluation and generation.
+A character-level GPT that learns to count: the model, its training loop, evaluation and generation.
 
-    python gpt.py                                        # train until it counts, then show it
-    python gpt.py --n_layer=4 --learning_rate=3e-3       # any setting below, as --key=value
-    python gpt.py --mode=sample --prompt=41,42,          # continue a prompt with out/ckpt.pt
+    python gpt.py                                 # train until it counts, then show it
+    python gpt.py --n_layer=4 --learning_rate=1e-3  # any setting below as --key=value (see --help)
+    python gpt.py --mode=sample --prompt=41,42,   # continue a prompt with the saved out/ckpt.pt
+    python gpt.py --mode=eval                     # every exact check of the saved model
+    python gpt.py --mode=attention --prompt=909998,909999,  # what each head looks at
 
-The task, the tokenizer, the batches and the counting evaluation live in data.py.
+The task (the text, the tokenizer, the batches, the counting check) lives in data.py; the
+--key=value parsing, the setting checks and the device in settings.py.
 """
 import copy
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -20,56 +24,54 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import (CountingEval, StepSampler, Tokenizer, fail, get_batch, load_data, parse_settings, percent,
-                  pick_device)
+from data import CountingEval, StepSampler, Tokenizer, get_batch, load_data, percent
+from settings import check_split, fail, parse_settings, pick_device, pick_dtype
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
 # data
-max_num = 1_000_000        # the text is "0,1,2,...,max_num-1"
+max_num = 1_000_000        # the text is ",0,1,2,...,max_num-1,"
 # model
 n_layer = 2
-n_head = 4                 # 4 heads of 16 channels; 8 of 8 took fewer steps to every check right, but
-                           # more steps to 100% held-out (README)
+n_head = 4
 n_embd = 64
 block_size = 32            # context length in characters
-dropout = 0.0              # 0.1 made steps 60% slower and did not reach 100% sooner (README)
+dropout = 0.0
 # training
 batch_size = 64
-window_alpha = 0.3         # 1 = training windows uniform over the text, as in the tutorial; below 1 the
-                           # rare steps (carries, short numbers) are shown more often: data.StepSampler
-max_iters = 4000           # the cosine schedule's length; stop_at_100 usually ends training far sooner
+window_alpha = 0.3         # 1 = uniform windows, as in the tutorial; lower = rare steps more often
+max_iters = 4000           # length of the cosine schedule; stop_at_100 usually stops far sooner
 learning_rate = 3e-3
-min_lr = 0.0               # cosine decay ends here
+min_lr = 0.0               # the cosine decay ends here
 warmup_iters = 100
-weight_decay = 0.5         # strong decay: at 0.1 one seed in three drifted off 100% held-out and never
-                           # got every check right at once; at 0.5 all three did (README)
-ema_decay = 0.99           # evaluate, sample and save a moving average of the weights, which smooths
-                           # away their step-to-step noise (0 = the raw weights)
+weight_decay = 0.5         # strong, to prefer the one rule that counts every number over shortcuts
+ema_decay = 0.99           # evaluate, sample and save a moving average of the weights (0 = raw)
 grad_clip = 1.0            # clip the gradient norm at this (0 = off)
-eval_interval = 250        # evaluate (losses + exhaustive counting accuracy) every this many steps
+eval_interval = 250        # evaluate (loss and exact counting checks) every this many steps
 eval_iters = 20            # batches per loss estimate
-stop_at_100 = True         # stop once every held-out number (and, with full_check, every step of the
-                           # whole text) is counted right
-max_seconds = 0.0          # stop after this much training time, evaluation not counted (0 = no limit)
+stop_at_100 = True         # stop at the first evaluation where every check is right
+max_seconds = 0.0          # stop after this much training time, not counting evaluation (0 = off)
 # system
 device = "auto"            # auto = cuda, else mps, else cpu
+dtype = "auto"             # auto = bfloat16 where the GPU has it, else float16 on a GPU, float32
 compile = False            # torch.compile the model
 seed = 1337
 out_dir = "out"            # the checkpoint goes to out_dir/ckpt.pt
-init_from = "scratch"      # scratch or resume (continue from out_dir/ckpt.pt)
-# after training, or with --mode=sample
-mode = "train"             # train, or sample (load the checkpoint and continue --prompt)
-prompt = "0,"
+init_from = "scratch"      # scratch, or resume from out_dir/ckpt.pt
+# checks and generation: after training, or from the saved model with --mode
+mode = "train"             # train, sample (go on from --prompt), eval (every check), attention
+prompt = "0,"              # the start of a count: whole numbers, each followed by a comma
 max_new_tokens = 100
 temperature = 0.0          # 0 = greedy (always the most likely token)
 top_k = 0                  # sample only from the k most likely tokens (0 = all)
-long_count = 10_000        # after training, count this many numbers on from a held-out prompt
-full_check = True          # also count on from "0," to 1000 and check every n -> n+1 of the whole text: at
-                           # the end, and when held-out reaches 100% (the whole text if the count is right)
+full_check = True          # also check the count from 0, and every step of the whole text
+long_count = 10_000        # count this many held-out numbers on, greedily, far past the window
+streams = 20               # ... in this many streams at once
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size")  # what a checkpoint fixes
+DEFAULTS = {k: v for k, v in globals().items()
+            if not k.startswith("_") and type(v) in (int, float, bool, str)}
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size")  # a checkpoint fixes these (and seed)
+MACHINE_KEYS = ("mode", "init_from", "device", "dtype", "compile")  # never taken from a checkpoint
 
 
 # ------------------------------------------------------------------------------------------
@@ -85,34 +87,54 @@ class GPTConfig:
     dropout: float = 0.0
 
 
+class KVCache:
+    """The keys and values of every token generated so far, per layer, so that the next token
+    costs one token's work instead of the whole context's. pos: how many tokens it holds."""
+
+    def __init__(self, n_layer):
+        self.k, self.v = [None] * n_layer, [None] * n_layer
+        self.pos = 0
+
+    def add(self, layer, k, v):
+        """Append one layer's new keys and values (B, n_head, T, head_size); return all of them."""
+        if self.k[layer] is not None:
+            k, v = torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+
 class CausalSelfAttention(nn.Module):
     """Every position looks back at all earlier positions (never ahead) and takes a weighted
     average of what they offer. n_head heads do this in parallel, each on n_embd/n_head channels."""
 
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value for all heads
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)      # mixes the heads' outputs
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head, self.dropout = config.n_head, config.dropout
+        self.n_head, self.dropout, self.layer = config.n_head, config.dropout, layer
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, weights=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)                           # each (B, T, C)
         # split the channels into heads: (B, T, C) -> (B, n_head, T, head_size)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:  # generation: keep this step's keys/values, reuse the earlier ones
-            if cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v                                  # (B, n_head, T_all, hs)
-        # The attention itself, in one fused kernel (flash attention on GPU):
-        #   att = q @ k.transpose(-2, -1) / sqrt(head_size)   (B, n_head, T, T_all) affinities
-        #   att = att.masked_fill(future positions, -inf)     causal: no peeking ahead
-        #   att = softmax(att, dim=-1); y = att @ v          (B, n_head, T, head_size)
-        # A single new query (cached generation) may look at every key, so no mask is needed there.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if cache is not None:  # generation: keep this step's keys/values, add the earlier ones
+            k, v = cache.add(self.layer, k, v)                            # (B, n_head, T_all, hs)
+        T_all = k.size(2)
+        if weights is not None:
+            # the attention written out, to keep its weights (the fused kernel does not return them)
+            att = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))        # (B, n_head, T, T_all)
+            future = torch.ones(T, T_all, dtype=torch.bool, device=x.device).triu(T_all - T + 1)
+            att = F.softmax(att.masked_fill(future, float("-inf")), dim=-1)  # causal: no peeking
+            weights.append(att)
+            y = att @ v                                                  # (B, n_head, T, hs)
+        else:
+            # the same in one fused kernel (flash attention on a GPU). Generation feeds the cache
+            # either the whole context or one new token, which may see every key: no mask then.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                   # merge heads: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -134,17 +156,29 @@ class Block(nn.Module):
     """Communication (attention) then computation (MLP), each added to a residual stream and
     each reading a LayerNorm'ed copy of it (pre-norm), which keeps deep stacks trainable."""
 
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache=None, weights=None):
+        x = x + self.attn(self.ln_1(x), cache, weights)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+def sample_next_token(logits, temperature=0.0, top_k=0):
+    """(B, vocab_size) logits -> (B, 1) next tokens: the most likely one (temperature 0), or one
+    drawn from the softmax at this temperature, among the top_k most likely (0 = all)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
 class GPT(nn.Module):
@@ -155,11 +189,11 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token -> vector
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position -> vector
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.blocks = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size)  # vector -> next-token logits
         self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2: scale down the layers that add to the residual
+        for name, p in self.named_parameters():  # GPT-2: smaller init for what adds to the residual
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
@@ -169,17 +203,21 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx, targets=None, caches=None):
+    def forward(self, idx, targets=None, cache=None, weights=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy loss
-        against targets (B, T) if given. caches: one dict per layer, used by generate."""
+        against targets (B, T) if given. cache: a KVCache (generation); weights: a list that
+        receives each layer's attention weights (B, n_head, T, T_all)."""
         B, T = idx.shape
-        start = caches[0]["k"].shape[2] if caches and caches[0] else 0  # tokens already cached
+        start = cache.pos if cache is not None else 0                     # tokens already cached
         if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}")
+            raise ValueError(f"sequence of {start + T} tokens is longer than "
+                             f"block_size={self.config.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)           # (T,)
         x = self.drop(self.wte(idx) + self.wpe(pos))                       # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block(x, caches[i] if caches is not None else None)       # (B, T, C)
+        for block in self.blocks:
+            x = block(x, cache, weights)                                   # (B, T, C)
+        if cache is not None:
+            cache.pos += T
         logits = self.lm_head(self.ln_f(x))                                # (B, T, vocab_size)
         loss = None
         if targets is not None:
@@ -187,9 +225,9 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
-        """Append max_new_tokens tokens to idx (B, T), one at a time, each drawn from the model's
-        prediction for the next token (temperature 0 = greedy: always the most likely).
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, use_cache=True):
+        """Append max_new_tokens tokens to idx (B, T), one at a time, each chosen by
+        sample_next_token from the model's prediction for the next token.
 
         The model sees the whole text while it fits in block_size. When it would not, the oldest
         tokens are dropped and only the newest block_size // 2 kept. Dropping half at once
@@ -197,70 +235,94 @@ class GPT(nn.Module):
         steps, and both paths, cached and uncached, see exactly the same context, so they give
         the same tokens."""
         keep = self.config.block_size // 2
-        context, caches, new_tokens = idx, None, []  # context (B, <= block_size): what the model sees
+        context, cache, new_tokens = idx, None, []  # context (B, <= block_size): what it sees
         for _ in range(max_new_tokens):
-            if context.shape[1] > self.config.block_size:
-                context, caches = context[:, -keep:], None  # overflow: keep the newest half
+            if context.size(1) > self.config.block_size:
+                context, cache = context[:, -keep:], None        # overflow: keep the newest half
             if not use_cache:
-                logits, _ = self(context)                     # recompute the whole context
-            elif caches is None:
-                caches = [{} for _ in self.blocks]
-                logits, _ = self(context, caches=caches)      # fill the cache with the context
+                logits, _ = self(context)                        # recompute the whole context
+            elif cache is None:
+                cache = KVCache(self.config.n_layer)
+                logits, _ = self(context, cache=cache)           # fill the cache with the context
             else:
-                logits, _ = self(context[:, -1:], caches=caches)  # only the newest token
-            logits = logits[:, -1, :]                                          # (B, vocab_size)
-            if temperature == 0:
-                idx_next = logits.argmax(dim=-1, keepdim=True)                 # (B, 1)
-            else:
-                logits = logits / temperature
-                if top_k:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
-                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
+                logits, _ = self(context[:, -1:], cache=cache)   # only the newest token
+            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k)  # (B, 1)
             context = torch.cat((context, idx_next), dim=1)
             new_tokens.append(idx_next)
         return torch.cat([idx] + new_tokens, dim=1)
 
 
 # ------------------------------------------------------------------------------------------
-# Settings and checkpoints
+# Settings checks and checkpoints
 
 def parse_args(argv):
-    """The defaults above with the command line's --key=value overrides, checked for sense."""
-    c, given = parse_settings(argv, DEFAULTS)
-    problems = [
-        (c.n_layer >= 1 and c.n_head >= 1 and c.n_embd >= 1, "n_layer, n_head and n_embd must be at least 1"),
-        (c.n_embd % max(c.n_head, 1) == 0, f"--n_embd={c.n_embd} is not divisible by --n_head={c.n_head}; "
-                                           f"pick n_embd as a multiple of n_head"),
-        (c.block_size >= 2, f"--block_size={c.block_size} is too small; use at least 2 (default {block_size})"),
-        (c.batch_size >= 1 and c.eval_iters >= 1 and c.eval_interval >= 1,
-         "batch_size, eval_iters and eval_interval must be at least 1"),
-        (min(c.max_iters, c.max_seconds, c.warmup_iters, c.max_new_tokens, c.long_count, c.top_k) >= 0,
-         "max_iters, max_seconds, warmup_iters, max_new_tokens, long_count and top_k cannot be negative"),
-        (0 < c.learning_rate < math.inf, f"--learning_rate={c.learning_rate} must be positive, e.g. {learning_rate}"),
-        (0 <= c.min_lr <= c.learning_rate, f"--min_lr={c.min_lr} must be between 0 and --learning_rate"),
-        (0 <= c.weight_decay < math.inf and 0 <= c.grad_clip < math.inf and 0 <= c.temperature < math.inf,
-         "weight_decay, grad_clip and temperature cannot be negative"),
-        (0 <= c.dropout < 1, f"--dropout={c.dropout} must be in [0, 1)"),
-        (0 <= c.window_alpha <= 1, f"--window_alpha={c.window_alpha} must be in [0, 1] (1 = uniform windows)"),
-        (c.mode in ("train", "sample"), f"--mode={c.mode} is not train or sample"),
-        (c.init_from in ("scratch", "resume"), f"--init_from={c.init_from} is not scratch or resume"),
-        (c.prompt != "", "--prompt is empty; give text to continue, e.g. --prompt=41,42,"),
-    ]
-    for ok, message in problems:
-        if not ok:
-            fail(message)
+    """The defaults above with the command line's --key=value overrides, checked for sense.
+    Every mode but training from scratch loads the checkpoint, whose saved settings then stand
+    in for the defaults. Returns the settings and the checkpoint (or None)."""
+    cfg, given = parse_settings(argv, DEFAULTS, __file__)
+    ckpt = None
+    if cfg.mode != "train" or cfg.init_from == "resume":
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+        # a resumed run goes on with the checkpoint's random stream, so its seed is fixed too
+        fixed = MODEL_KEYS + (("seed",) if cfg.mode == "train" else ())
+        for key, value in ckpt["settings"].items():
+            if key in fixed and key in given and getattr(cfg, key) != value:
+                fail(f"the checkpoint in {cfg.out_dir} has {key}={value} but --{key}="
+                     f"{getattr(cfg, key)} was given; drop --{key} (or train a new model with "
+                     f"--init_from=scratch)")
+            if key in DEFAULTS and key not in given and key not in MACHINE_KEYS:
+                setattr(cfg, key, value)
+    if cfg.n_embd % cfg.n_head:
+        fail(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head}; "
+             f"pick n_embd as a multiple of n_head")
+    if cfg.min_lr > cfg.learning_rate:
+        fail(f"--min_lr={cfg.min_lr} is above --learning_rate={cfg.learning_rate}; "
+             f"the decay ends below where it starts")
     try:
-        Tokenizer().encode(c.prompt)
+        Tokenizer().encode(cfg.prompt)
     except ValueError as e:
-        fail(f"--prompt={c.prompt!r}: {e}")
-    return c, given
+        fail(f"--prompt={cfg.prompt!r}: {e}")
+    if not cfg.prompt.strip(","):
+        fail(f"--prompt={cfg.prompt!r} has no digits; give the start of a count, "
+             f"e.g. --prompt=41,42,")
+    return cfg, ckpt
+
+
+LOCKS = {}  # out_dir -> the open lock file that this process holds on it
+
+
+def lock_out_dir(out_dir):
+    """One training process per out_dir: a second would overwrite the first one's checkpoint.
+    The lock is the operating system's, so it goes away with the process, however that ends."""
+    key = os.path.realpath(out_dir)
+    if key in LOCKS:
+        return
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, "lock"), "w")
+    except OSError as e:
+        fail(f"cannot write to --out_dir={out_dir} ({e.strerror}); "
+             f"pick a directory you can write to")
+    try:
+        if os.name == "nt":
+            import msvcrt
+            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fail(f"another training run is writing to --out_dir={out_dir}; "
+             f"wait for it to end, or pick another --out_dir")
+    LOCKS[key] = lock
 
 
 def save_checkpoint(path, model, ema, optimizer, iter_num, cfg):
     """Write to a temporary file, then rename it over the old checkpoint: the rename is atomic,
-    so a crash or Ctrl-C mid-write leaves the previous checkpoint intact. "model" holds the
+    so a crash or kill mid-write leaves the previous checkpoint intact. "model" holds the
     averaged weights (what sampling uses), "train_model" the raw ones (what training resumes)."""
+    if not all(torch.isfinite(p).all() for p in (*model.parameters(), *ema.parameters())):
+        raise ValueError("refusing to save weights that are not finite")
+    device_type = next(model.parameters()).device.type
     ckpt = {
         "model": ema.state_dict(),
         "train_model": model.state_dict(),
@@ -269,10 +331,12 @@ def save_checkpoint(path, model, ema, optimizer, iter_num, cfg):
         "vocab": Tokenizer().vocab,
         "iter_num": iter_num,
         "settings": {k: getattr(cfg, k) for k in DEFAULTS},
-        "rng": torch.get_rng_state(),  # so a resumed run draws the same batches as an unbroken one
-        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0),
+        # random states: the batches' (drawn on the CPU), and dropout's, drawn where the model is
+        "rng": torch.get_rng_state(),
+        "device_type": device_type,
+        "device_rng": getattr(torch, device_type).get_rng_state()
+                      if device_type in ("cuda", "mps") else torch.empty(0),
     }
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     try:
         torch.save(ckpt, tmp)
@@ -282,28 +346,65 @@ def save_checkpoint(path, model, ema, optimizer, iter_num, cfg):
             os.remove(tmp)
 
 
-def load_checkpoint(path, device, cfg, given):
-    """Load a checkpoint safely (weights_only: no pickled code runs). Model settings come from
-    the checkpoint; one given on the command line that disagrees with it is an error."""
+def load_checkpoint(path):
+    """Load a checkpoint onto the CPU, safely (weights_only: no pickled code runs)."""
     if not os.path.exists(path):
-        fail(f"no checkpoint at {path}; train one first with: python gpt.py (or point --out_dir at one)")
+        fail(f"no checkpoint at {path}; train one first with: python gpt.py "
+             f"(or point --out_dir at one)")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        missing = {"model", "train_model", "optimizer", "model_config", "vocab", "iter_num", "rng"} - ckpt.keys()
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"model", "train_model", "optimizer", "model_config", "vocab", "iter_num",
+                   "settings", "rng"} - ckpt.keys()
         if missing:
             raise KeyError(f"missing {sorted(missing)}")
-        model_config = GPTConfig(**ckpt["model_config"])
+        GPTConfig(**ckpt["model_config"])
     except Exception as e:
         fail(f"cannot read checkpoint {path} ({type(e).__name__}): it is corrupt or truncated; "
              f"delete it and train again with: python gpt.py")
     if ckpt["vocab"] != Tokenizer().vocab:
-        fail(f"checkpoint {path} has vocabulary {ckpt['vocab']!r}, not {Tokenizer().vocab!r}; train a new one")
-    for key in MODEL_KEYS:
-        if key in given and getattr(cfg, key) != getattr(model_config, key):
-            fail(f"checkpoint {path} has {key}={getattr(model_config, key)} but --{key}={getattr(cfg, key)} "
-                 f"was asked; drop --{key}, or train a new model with --init_from=scratch")
-        setattr(cfg, key, getattr(model_config, key))
+        fail(f"checkpoint {path} has vocabulary {ckpt['vocab']!r}, not {Tokenizer().vocab!r}; "
+             f"train a new one")
     return ckpt
+
+
+def resume_command(cfg):
+    """The command that continues this run: the checkpoint holds every setting but where it is
+    and the machine's (shell-quoted, so that an out_dir with a space survives a paste)."""
+    given = [f"--{k}={getattr(cfg, k)}" for k in ("out_dir", "device", "dtype", "compile")
+             if getattr(cfg, k) != DEFAULTS[k]]
+    return shlex.join(["python", "gpt.py", "--init_from=resume", *given])
+
+
+class StopOnSignal:
+    """Ctrl-C (SIGINT), or SIGTERM (what kill, timeout, docker stop and batch schedulers send),
+    asks training to stop after the current step, save and print how to resume. A second one
+    stops at once, as usual."""
+
+    def __enter__(self):
+        self.signum = None
+        self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def request(self, signum, frame):
+        self.signum = signum
+        signal.signal(signum, self.previous[signum])
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+# ------------------------------------------------------------------------------------------
+# Optimizer, learning-rate schedule and loss estimate
+
+def configure_optimizer(model, cfg, device_type):
+    """AdamW, with weight decay on the matrices and embeddings only (not on biases or LayerNorm
+    gains), fused into one kernel on CUDA."""
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99),
+                             fused=device_type == "cuda")
 
 
 def get_lr(it, cfg):
@@ -311,7 +412,8 @@ def get_lr(it, cfg):
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     progress = min(1.0, (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # from 1 down to 0
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
 @torch.no_grad()
@@ -323,7 +425,7 @@ def estimate_loss(model, splits, cfg, ctx):
     model.eval()
     out = {}
     for name, data in splits.items():
-        gen = torch.Generator(device=data.device).manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
         losses = torch.zeros(cfg.eval_iters)
         for i in range(cfg.eval_iters):
             x, y = get_batch(data, cfg.batch_size, cfg.block_size, data.device, generator=gen)
@@ -336,209 +438,417 @@ def estimate_loss(model, splits, cfg, ctx):
 
 
 # ------------------------------------------------------------------------------------------
-# Training, evaluation, generation
+# The exact checks: held-out, whole text (every one-number prompt), from 0, the long count
 
-def main(argv):
-    cfg, given = parse_args(argv)
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    device_type = "cuda" if device.startswith("cuda") else device
-    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+ GPUs; no-op elsewhere
-    torch.backends.cudnn.allow_tf32 = True
-    # bf16 autocast on CUDA: matmuls in bfloat16, weights and optimizer in float32
-    ctx = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda" else nullcontext()
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(ckpt_path, device, cfg, given) if cfg.mode == "sample" or cfg.init_from == "resume" else None
+def encode_prompt(text):
+    """A prompt is the start of a count, read as the text is read: after a comma, which tells
+    the model that a number begins with the prompt's first digit. (1-D tensor of token ids.)"""
+    return torch.tensor(Tokenizer().encode("," + text.removeprefix(",")))
 
+
+@torch.no_grad()
+def count_on(model, prompts, wanted, ctx, use_cache=True):
+    """Greedy counting, many streams at once (one batch row each): stream i is prompted with
+    the numbers prompts[i] (all prompts the same number of characters) and should write the
+    numbers wanted[i]. Returns each stream's first error (None where it is right) and the
+    tokens generated per second."""
+    device = next(model.parameters()).device
+    idx = torch.stack([encode_prompt(",".join(p) + ",") for p in prompts]).to(device)  # (S, T)
+    want = [",".join(w) + "," for w in wanted]
+    t = time.perf_counter()
+    with ctx:
+        out = model.generate(idx, max(map(len, want)), temperature=0.0, use_cache=use_cache)
+    out = out[:, idx.size(1):].cpu()  # waits for the device
+    tokens_per_s = out.numel() / (time.perf_counter() - t)
+    errors = []
+    for row, w in zip(out, wanted):
+        got = Tokenizer().decode(row).split(",")
+        i = next((i for i, n in enumerate(w) if got[i] != n), None)
+        errors.append(None if i is None else f"number #{i + 1} should be {w[i]}, got {got[i]!r}")
+    return errors, tokens_per_s
+
+
+class Checks:
+    """The exact checks of one model, built once: every held-out number (from the text before
+    it in its window); every step n -> n+1 of the whole text, each from n alone, as a
+    one-number prompt `n,` shows it; the count from "0," to 1,000; and the long count: greedy
+    streams from held-out numbers, each far past the context window."""
+
+    def __init__(self, train_data, val_data, cfg):
+        self.held_out = ev = CountingEval(val_data, cfg.block_size)
+        whole = torch.cat([train_data, val_data])
+        self.whole_text = CountingEval(whole, cfg.block_size, per_window=1) \
+            if cfg.full_check else None
+        self.from_zero = [str(n) for n in range(1, min(1000, cfg.max_num - 1) + 1)]
+        # the streams start at held-out numbers of the longest length, so their prompts match;
+        # each is 3 prompt numbers, then per_stream to write
+        first = int((ev.length == ev.length.max()).nonzero()[0])
+        per_stream = min(cfg.long_count // cfg.streams, ev.n - first - 3)
+        room = ev.n - first - 3 - per_stream
+        starts = [first + i * room // max(cfg.streams - 1, 1) for i in range(cfg.streams)]
+        self.long = [([ev.number(k) for k in range(s, s + 3)],
+                      [ev.number(k) for k in range(s + 3, s + 3 + per_stream)])
+                     for s in starts] if per_stream > 0 else []
+
+
+@torch.no_grad()
+def evaluate(model, checks, splits, cfg, ctx):
+    """The losses, then the exact checks from the cheapest to the dearest, each only once the
+    ones before it are all right: every held-out number (seconds), the count from 0, (about a
+    second), every step of the whole text (about ten held-out checks' worth)."""
+    r = {"loss": estimate_loss(model, splits, cfg, ctx)}
+    with ctx:
+        r["held-out"] = checks.held_out(model)
+    if checks.whole_text and r["held-out"].accuracy == 1:
+        r["from 0,"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]
+        if r["from 0,"] is None:
+            with ctx:  # only "all right?" matters here: the first wrong number ends the check
+                r["whole text"] = checks.whole_text(model, stop_at_wrong=True)
+    return r
+
+
+def all_right(r, cfg):
+    """Whether an evaluation found every check it ran right, and ran every check there is."""
+    if r["held-out"].accuracy < 1:
+        return False
+    return not cfg.full_check or ("whole text" in r and r["whole text"].accuracy == 1)
+
+
+def eval_line(iter_num, r, ms_per_step, train_time, eval_seconds):
+    """One evaluation's results, on one line."""
+    held_out = percent(r["held-out"].correct, r["held-out"].total)
+    line = (f"step {iter_num:5d} | loss train {r['loss']['train']:.4f} val {r['loss']['val']:.4f} "
+            f"| held-out counting {held_out:>8} | ")
+    if "from 0," in r:
+        line += f"from 0, {'wrong' if r['from 0,'] else 'no error'} | "
+    if "whole text" in r:
+        whole = r["whole text"]
+        line += "whole text 0 wrong | " if whole.accuracy == 1 else \
+            f"whole text wrong: {whole.failures[0]} | "
+    return line + f"{ms_per_step:.1f} ms/step | train {train_time:.1f}s, eval {eval_seconds:.1f}s"
+
+
+def report(model, checks, r, cfg, ctx):
+    """Every check, in full (what the last evaluation, with the same weights, did not finish
+    is run now), then the model at work: a carry, the long count and the prompt."""
+    for name, check in (("held-out", checks.held_out), ("whole text", checks.whole_text)):
+        took = ""
+        if check is not None and (name not in r or r[name].total < check.n - 1):  # not run in full
+            t = time.perf_counter()
+            with ctx:
+                r[name] = check(model)
+            took = f" ({time.perf_counter() - t:.1f}s)"
+        if name in r:
+            print(f"{name}{took}: {r[name].summary()}")
+    if checks.whole_text:
+        if "from 0," not in r:
+            r["from 0,"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]
+        print(f"counting from 0, to {checks.from_zero[-1]}: {r['from 0,'] or 'no error'}")
+    ev = checks.held_out
+    k = int(ev.carries[1:].argmax()) + 1  # the held-out number with the longest carry
+    shown = [ev.number(j) for j in range(k - 2, k + 4)]
+    idx = encode_prompt(",".join(shown[:2]) + ",")[None].to(ev.data.device)
+    with ctx:
+        out = model.generate(idx, len(",".join(shown[2:])), temperature=0.0)
+    print(f"sample: {','.join(shown[:2])}, -> {Tokenizer().decode(out[0, idx.size(1):])!r}")
+    if checks.long:
+        errors, tokens_per_s = count_on(model, *zip(*checks.long), ctx)
+        wrong = [e for e in errors if e]
+        streams, per_stream = len(errors), len(checks.long[0][1])
+        print(f"long count: {streams} streams of {per_stream:,} numbers on from held-out numbers, "
+              f"{streams * per_stream:,} in all: "
+              + (f"{len(wrong)} streams wrong, first: {wrong[0]}" if wrong else "no error")
+              + f" ({tokens_per_s:,.0f} tokens/s)")
+    idx = encode_prompt(cfg.prompt)[None].to(ev.data.device)
+    with ctx:
+        out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k)
+    print(f"prompt {cfg.prompt!r} -> {Tokenizer().decode(out[0, 1:])!r}")
+    return r
+
+
+# ------------------------------------------------------------------------------------------
+# --mode=attention: what each head looks at
+
+SHADES = " .:-=+*#%@"  # attention weight 0 .. 1, in tenths
+PARTS = ("same digit of n", "n's later digits", "n's earlier digits", "comma before n+1",
+         "n+1 so far")
+
+
+@torch.no_grad()
+def show_attention(model, cfg, device):
+    """Write the number that follows the prompt, greedily, and for each character it writes
+    show where each head looks from the position that predicts it: one row per layer and head,
+    one shaded character per context character (' ' for none of the weight, '@' for nearly
+    all), the most-attended character named at the end. Then measure it over the held-out
+    check: attention_table."""
     tok = Tokenizer()
-    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)).to(device)
-    # The weights we evaluate, sample from and save: with ema_decay > 0 an exponential moving
-    # average of the trained ones, which smooths away their step-to-step noise; with 0 a copy.
+    idx = encode_prompt(cfg.prompt)[None].to(device)
+    longest = len(str(cfg.max_num - 1)) + 1
+    if idx.size(1) + longest > cfg.block_size:
+        fail(f"--prompt={cfg.prompt!r} is too long to show with the number after it in one window "
+             f"of {cfg.block_size} characters; give at most {cfg.block_size - longest - 1}")
+    for _ in range(longest):
+        weights = []
+        logits, _ = model(idx, weights=weights)
+        nxt = logits[:, -1:].argmax(dim=-1)                                  # (1, 1)
+        text, char = tok.decode(idx[0]), tok.decode(nxt[0])
+        print(f"\nwrites {char!r} after {text[1:]!r}\n{'':8}{text}")
+        for layer, att in enumerate(weights):
+            for head, w in enumerate(att[0, :, -1].tolist()):  # the newest position's weights
+                top = max(range(len(w)), key=w.__getitem__)
+                row = "".join(SHADES[min(int(p * 10), 9)] for p in w)
+                print(f"L{layer + 1} H{head + 1}   {row}   {w[top]:.2f} on {text[top]!r}, "
+                      f"{len(text) - top} back")
+        idx = torch.cat([idx, nxt], dim=1)
+        if char == ",":  # the number is written
+            break
+    _, _, val_data = load_data(cfg.max_num)
+    held_out = CountingEval(val_data.to(device), cfg.block_size)
+    table, digits, changed = attention_table(model, held_out)
+    print(f"\nMean attention weight of each head while writing the {digits:,} digits of held-out "
+          f"numbers n+1\n(after an n of the same length): copied digits / the {changed:,} that "
+          f"change (the last, and carries)")
+    print(f"{'':8}" + "".join(f"{p:>20}" for p in PARTS))
+    for layer in range(table.size(0)):
+        for head in range(table.size(1)):
+            cells = "".join(f"{a:>13.2f} / {b:.2f}" for a, b in table[layer, head].T.tolist())
+            print(f"L{layer + 1} H{head + 1}  {cells}")
+
+
+@torch.no_grad()
+def attention_table(model, ev, batch_size=256):
+    """Where each head looks while the model writes digit i of n+1 (from the position before
+    it), over every such digit in the windows of `ev` where n and n+1 have the same length: the
+    mean weight on each of PARTS, for the digits copied from n and for those that change (the
+    last one, and any that a carry reaches). Returns (table (n_layer, n_head, 2, len(PARTS)),
+    digits, digits that change)."""
+    model.eval()
+    commas, dev = ev.commas, ev.padded.device
+    total = torch.zeros(model.config.n_layer, model.config.n_head, 2, len(PARTS), device=dev)
+    count = torch.zeros(2, device=dev)
+    for i in range(0, len(ev.ws), batch_size):
+        pos = ev.ws[i:i + batch_size, None] + torch.arange(ev.T, device=dev)  # (B, T) positions
+        weights = []
+        model(ev.padded[pos].long(), weights=weights)
+        k = torch.searchsorted(commas, pos + 1) - 1          # (B, T) the next token is number k's
+        first = 1 + (i + torch.arange(len(pos), device=dev)[:, None]) * ev.per_window
+        scored = (k >= first) & (k < first + ev.per_window) & (k < ev.n)  # as CountingEval's
+        k = k.clamp(1, ev.n - 1)                              # n+1 is number k, n is number k-1
+        before_n, before, after = commas[k - 1], commas[k], commas[k + 1]      # (B, T) each
+        same = before_n + pos - before + 1                    # n's digit in the next one's place
+        valid = scored & (pos + 1 < after) & (after - before == before - before_n)  # equal lengths
+        changed = (ev.padded[pos + 1] != ev.padded[same]).long()  # the last digit, or a carry's
+        key = pos[:, None, :]                                 # (B, 1, T) key positions
+        same, before_n, before, query = (t[..., None] for t in (same, before_n, before, pos))
+        masks = [key == same, (key > same) & (key < before), (key > before_n) & (key < same),
+                 key == before, (key > before) & (key <= query)]  # each (B, T, T), as PARTS
+        for layer, att in enumerate(weights):                 # (B, n_head, T, T)
+            for j, mask in enumerate(masks):
+                mass = (att * mask[:, None]).sum(-1)          # (B, n_head, T)
+                for c in (0, 1):
+                    total[layer, :, c, j] += (mass * (valid & (changed == c))[:, None]).sum((0, 2))
+        count += torch.bincount(changed[valid], minlength=2)
+    return (total / count[:, None]).cpu(), int(count.sum()), int(count[1])
+
+
+# ------------------------------------------------------------------------------------------
+# Training
+
+def sync(device_type):
+    """GPU work is queued: wait for it before reading the clock."""
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    elif device_type == "mps":
+        torch.mps.synchronize()
+
+
+def check_compile(device):
+    """torch.compile needs a toolchain (Triton and a GPU of compute capability 7.0+, or a C++
+    compiler on the CPU): try it on a tiny function first, so that a missing one is one line."""
+    try:
+        torch.compile(lambda x: x * 2)(torch.ones(2, device=device))
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:120]
+        fail(f"--compile=True does not work on this machine ({type(e).__name__}: {reason}); "
+             f"run without it")
+
+
+def build_model(cfg, ckpt, device):
+    """The model and its averaged copy, from scratch or with the checkpoint's weights."""
+    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=Tokenizer().vocab_size,
+                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                          dropout=cfg.dropout)).to(device)
+    # with ema_decay > 0 a moving average of the trained weights, which smooths away their
+    # step-to-step noise; with 0 a copy of them
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     if ckpt is not None:
         try:
             ema.load_state_dict(ckpt["model"])
             model.load_state_dict(ckpt["train_model"])
         except RuntimeError as e:
-            fail(f"checkpoint {ckpt_path} does not fit the model ({str(e).splitlines()[0]}); train a new one")
-    print(f"device {device}, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd} wide, block_size {cfg.block_size}")
+            fail(f"the checkpoint in {cfg.out_dir} does not fit the model "
+                 f"({str(e).splitlines()[0]}); train a new one")
+    return model, ema
 
+
+def main(argv):
+    """Train a GPT to count (or, with --mode, use the saved one). Returns a summary for bench.py."""
+    cfg, ckpt = parse_args(argv)
+    device = pick_device(cfg.device)
+    device_type = device.split(":")[0]
+    ptdtype = pick_dtype(cfg.dtype, device)
+    # autocast runs the matmuls in ptdtype; the weights and the optimizer stay float32
+    ctx = torch.autocast(device_type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 for float32 matmuls (Ampere+)
+    if cfg.compile:
+        check_compile(device)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if cfg.mode == "train":
+        lock_out_dir(cfg.out_dir)
+    torch.manual_seed(cfg.seed)
+
+    # the model, and the moving average of its weights that we evaluate, sample from and save
+    model, ema = build_model(cfg, ckpt, device)
+    print(f"device {device} ({str(ptdtype).removeprefix('torch.')}), "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, {cfg.n_layer} layers x "
+          f"{cfg.n_head} heads x {cfg.n_embd} wide, block_size {cfg.block_size}")
     if cfg.mode == "sample":
-        idx = torch.tensor([tok.encode(cfg.prompt)], device=device)
         with ctx:
-            out = ema.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
-        print(tok.decode(out[0]))
+            out = ema.generate(encode_prompt(cfg.prompt)[None].to(device), cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_k=cfg.top_k)
+        print(Tokenizer().decode(out[0, 1:]))  # without the comma in front
         return
+    if cfg.mode == "attention":
+        return show_attention(ema, cfg, device)
 
+    # the data, all of it on the device, and the checks
     t0 = time.perf_counter()
-    tok, train_data, val_data = load_data(cfg.max_num)
-    if len(val_data) <= cfg.block_size + 1:
-        fail(f"--max_num={cfg.max_num} gives a validation split of {len(val_data)} tokens, too short for "
-             f"one window of block_size+1={cfg.block_size + 1}; raise --max_num or lower --block_size")
-    train_data, val_data = train_data.to(device), val_data.to(device)  # all of it lives on the device
-    sampler = StepSampler(train_data, cfg.block_size, cfg.window_alpha) if cfg.window_alpha < 1 else None
+    _, train_data, val_data = load_data(cfg.max_num)
+    check_split(train_data, val_data, cfg.max_num, cfg.block_size)
+    sampler = StepSampler(train_data, cfg.block_size, cfg.window_alpha) \
+        if cfg.window_alpha < 1 else None
+    train_data, val_data = train_data.to(device), val_data.to(device)
     try:
-        held_out = CountingEval(val_data, cfg.block_size)
-        # every n -> n+1 of the whole text, the training part (and its small numbers) included
-        whole_text = CountingEval(torch.cat([train_data, val_data]), cfg.block_size, starts_at_number=True) \
-            if cfg.full_check else None
+        checks = Checks(train_data, val_data, cfg)
     except ValueError as e:
         fail(f"{e} (--max_num={cfg.max_num}, --block_size={cfg.block_size})")
-    from_zero = [str(n) for n in range(1, min(1000, cfg.max_num - 1) + 1)]  # "0," -> 1 .. 1000
-    print(f"data ready in {time.perf_counter() - t0:.2f}s: {len(train_data):,} train / {len(val_data):,} val "
-          f"tokens, {len(held_out.numbers) - 1:,} held-out numbers to count")
+    print(f"data ready in {time.perf_counter() - t0:.2f}s: {len(train_data):,} train / "
+          f"{len(val_data):,} val tokens, {checks.held_out.n - 1:,} held-out numbers to count")
+    if cfg.mode == "eval":
+        return report(ema, checks, {}, cfg, ctx)
 
-    # AdamW, with weight decay on the matrices and embeddings only (not biases or LayerNorm gains);
-    # fused into a single kernel on CUDA
-    params = list(model.parameters())
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=cfg.learning_rate, betas=(0.9, 0.99), fused=device_type == "cuda")
+    # the optimizer, a gradient scaler that keeps float16 gradients in range (off otherwise),
+    # and where training starts: step 0, or where the checkpoint left off, with its random state
+    optimizer = configure_optimizer(model, cfg, device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
     iter_num = 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # else the saved one wins
         iter_num = ckpt["iter_num"]
-        torch.set_rng_state(ckpt["rng"].cpu())
-        if device_type == "cuda" and len(ckpt["cuda_rng"]):
-            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu())
-        print(f"resuming from {ckpt_path} at step {iter_num}")
+        torch.set_rng_state(ckpt["rng"])
+        if device_type in ("cuda", "mps") and ckpt.get("device_type") == device_type:
+            getattr(torch, device_type).set_rng_state(ckpt["device_rng"])
+        print(f"resuming from {cfg.out_dir} at step {iter_num}")
     train_model = torch.compile(model) if cfg.compile else model
+    params, ema_params = list(model.parameters()), list(ema.parameters())
 
-    stop_requested = False
-
-    def on_ctrl_c(signum, frame):  # let the current step finish, then save and stop
-        nonlocal stop_requested
-        stop_requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
-
-    previous_handler = signal.signal(signal.SIGINT, on_ctrl_c)
-    train_time, eval_time, last_loss, first_iter, first_100 = 0.0, 0.0, None, iter_num, None
-    interval_start, interval_iter = time.perf_counter(), iter_num
-    try:
+    # loop state
+    first_iter = iter_num   # where this run started (a resumed run starts later)
+    train_time = 0.0        # seconds of training steps, evaluation not counted
+    eval_time = 0.0         # seconds of evaluation
+    first_100 = None        # (step, train_time) when every held-out number was first right
+    r = {}                  # the results of the last evaluation
+    last_loss = None        # the last step's loss, left on the device (read at evaluations only)
+    stop = None             # why the loop ends
+    interval_start, interval_iter = time.perf_counter(), iter_num  # since the last evaluation
+    with StopOnSignal() as signals:
         while True:
-            out_of_time = cfg.max_seconds > 0 and train_time + time.perf_counter() - interval_start >= cfg.max_seconds
-            at_eval = iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or out_of_time
-            if at_eval or stop_requested:
-                if device_type == "cuda":
-                    torch.cuda.synchronize()  # GPU work is queued: wait for it before reading the clock
+            elapsed = train_time + time.perf_counter() - interval_start
+            out_of_steps = iter_num >= cfg.max_iters
+            out_of_time = cfg.max_seconds > 0 and elapsed >= cfg.max_seconds
+            evaluated = False
+
+            # once in a while, at the end, and when asked to stop: check the loss, save, evaluate
+            if iter_num % cfg.eval_interval == 0 or out_of_steps or out_of_time or signals.signum:
+                sync(device_type)
                 interval = time.perf_counter() - interval_start
                 train_time += interval
                 if last_loss is not None and not math.isfinite(last_loss.item()):
-                    print(f"error: the loss became {last_loss.item()} by step {iter_num}: training diverged; "
-                          f"lower --learning_rate or raise --warmup_iters. {ckpt_path} was not overwritten.",
-                          file=sys.stderr)
-                    sys.exit(1)
-            if stop_requested:
-                save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
-                print(f"interrupted at step {iter_num}; saved {ckpt_path}. Resume with: "
-                      f"python gpt.py --init_from=resume {' '.join(argv)}".rstrip())
-                sys.exit(130)
-            if at_eval:
-                t_eval = time.perf_counter()
-                losses = estimate_loss(ema, {"train": train_data, "val": val_data}, cfg, ctx)
-                with ctx:
-                    result = held_out(ema)
-                # once held-out is all right: count from 0, (a second), and if that is right too,
-                # check every step of the whole text (as long as ten held-out checks)
-                zero = count_check(ema, ["0"], from_zero, device, ctx) \
-                    if whole_text and result.accuracy == 1.0 else None
-                whole = None
-                if zero and zero["first_wrong"] is None:
-                    with ctx:
-                        whole = whole_text(ema)
-                eval_time += time.perf_counter() - t_eval
-                steps = iter_num - interval_iter
-                print(f"step {iter_num:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f} | "
-                      f"held-out counting {percent(result.correct, result.total):>8} | "
-                      + (f"from 0, {'no error' if zero['first_wrong'] is None else 'wrong'} | " if zero else "")
-                      + (f"whole text {whole.total - whole.correct} wrong | " if whole else "")
-                      + f"{1000 * interval / steps if steps else 0:.1f} ms/step | "
-                      f"train {train_time:.1f}s, eval {time.perf_counter() - t_eval:.1f}s", flush=True)
-                save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
-                if result.accuracy == 1.0 and first_100 is None:
-                    first_100 = (iter_num, train_time)
-                    print(f"every held-out number counted right after {iter_num} steps, {train_time:.1f}s of training")
-                if cfg.stop_at_100 and result.accuracy == 1.0 and (not whole_text or (whole and whole.accuracy == 1.0)):
-                    if whole_text:
-                        print(f"and from 0, to {from_zero[-1]}, and every step of the whole text, "
-                              f"after {iter_num} steps, {train_time:.1f}s of training")
-                    break
-                if iter_num >= cfg.max_iters or out_of_time:
-                    break
+                    stop = "diverged"
+                elif signals.signum:
+                    stop = "interrupted"
+                else:
+                    save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
+                    t_eval = time.perf_counter()
+                    r = evaluate(ema, checks, {"train": train_data, "val": val_data}, cfg, ctx)
+                    eval_time += time.perf_counter() - t_eval
+                    evaluated = True
+                    ms_per_step = 1000 * interval / max(iter_num - interval_iter, 1)
+                    print(eval_line(iter_num, r, ms_per_step, train_time,
+                                    time.perf_counter() - t_eval), flush=True)
+                    if r["held-out"].accuracy == 1 and first_100 is None:
+                        first_100 = (iter_num, train_time)
+                        print(f"every held-out number counted right after {iter_num} steps, "
+                              f"{train_time:.1f}s of training")
                 interval_start, interval_iter = time.perf_counter(), iter_num
-            lr = get_lr(iter_num, cfg)
+
+            # when to stop: every reason, in one place
+            if stop is None:
+                if evaluated and cfg.stop_at_100 and all_right(r, cfg):
+                    stop = "every check right"
+                elif out_of_steps:
+                    stop = f"max_iters={cfg.max_iters} reached"
+                elif out_of_time:
+                    stop = f"max_seconds={cfg.max_seconds} reached"
+            if stop:
+                break
+
+            # one training step: forward, backward, clip, update
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = get_lr(iter_num, cfg)
             x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, device, sampler=sampler)
             with ctx:
                 _, loss = train_model(x, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p, 1.0 - cfg.ema_decay)  # e = decay * e + (1 - decay) * p
-            last_loss = loss.detach()  # checked at each evaluation (reading it every step would stall a GPU)
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+
+            # the moving average, e = decay * e + (1 - decay) * p, for all weights in one call
+            torch._foreach_lerp_(ema_params, params, 1.0 - cfg.ema_decay)
+
+            # bookkeeping
+            last_loss = loss.detach()  # read at the next evaluation: every step would stall a GPU
             iter_num += 1
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
 
-    print(result.summary())
-    if whole_text:  # check what the last evaluation did not (the weights have not changed since)
-        if zero is None:
-            zero = count_check(ema, ["0"], from_zero, device, ctx)
-        if whole is None:
-            with ctx:
-                whole = whole_text(ema)
-        print("whole text: " + whole.summary())
-        print(f"counting from 0, to {from_zero[-1]}: {first_error(zero)}")
-    # a sample: the prompt just before the hardest held-out carry
-    k = int(held_out.carries[1:].argmax()) + 1
-    show = count_check(ema, held_out.numbers[k - 2:k], held_out.numbers[k:k + 4], device, ctx)
-    print(f"sample: {','.join(held_out.numbers[k - 2:k])}, -> {show['text']!r}")
-    # counting on, greedily, far past the context window
-    n = min(cfg.long_count, len(held_out.numbers) - 3)
-    if n > 0:
-        lc = count_check(ema, held_out.numbers[:3], held_out.numbers[3:3 + n], device, ctx)
-        print(f"long count: {n:,} numbers on from {held_out.numbers[2]}: {first_error(lc)} "
-              f"({lc['tokens_per_s']:,.0f} tokens/s)")
-    idx = torch.tensor([tok.encode(cfg.prompt)], device=device)
-    with ctx:
-        out = ema.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
-    print(f"prompt {cfg.prompt!r} -> {tok.decode(out[0])!r}")
-    return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time, "accuracy": result.accuracy,
-            "correct": result.correct, "total": result.total, "first_100": first_100,
-            "tokens_per_s": (iter_num - first_iter) * cfg.batch_size * cfg.block_size / max(train_time, 1e-9)}
-
-
-def count_check(model, prompt_numbers, wanted, device, ctx, use_cache=True):
-    """Prompt with numbers, continue greedily for as many tokens as the wanted numbers take,
-    and find the first number that differs."""
-    tok = Tokenizer()
-    want_text = ",".join(wanted)
-    idx = torch.tensor([tok.encode(",".join(prompt_numbers) + ",")], device=device)
-    t = time.perf_counter()
-    with ctx:
-        out = model.generate(idx, len(want_text), temperature=0.0, use_cache=use_cache)
-    elapsed = time.perf_counter() - t
-    text = tok.decode(out[0, idx.shape[1]:])
-    got = text.split(",")
-    first_wrong = next((i for i, w in enumerate(wanted) if i >= len(got) or got[i] != w), None)
-    return {"text": text, "first_wrong": first_wrong, "tokens_per_s": len(want_text) / elapsed,
-            "wanted": wanted[first_wrong] if first_wrong is not None else None,
-            "got": got[first_wrong] if first_wrong is not None and first_wrong < len(got) else None}
-
-
-def first_error(check):
-    """count_check's verdict in words."""
-    if check["first_wrong"] is None:
-        return "no error"
-    return f"first wrong number is #{check['first_wrong'] + 1}: wanted {check['wanted']}, got {check['got']!r}"
+    # the report: why training stopped, then every check of the averaged weights
+    if stop == "diverged":
+        print(f"error: the loss became {last_loss.item()} by step {iter_num}: training diverged; "
+              f"lower --learning_rate or raise --warmup_iters. {ckpt_path} was not overwritten.",
+              file=sys.stderr)
+        sys.exit(1)
+    if stop == "interrupted":
+        save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
+        print(f"interrupted at step {iter_num}; saved {ckpt_path}. "
+              f"Resume with: {resume_command(cfg)}")
+        sys.exit(128 + signals.signum)
+    print(f"stopped at step {iter_num} ({stop}): {train_time:.1f}s of training, "
+          f"{eval_time:.1f}s of evaluation")
+    r = report(ema, checks, r, cfg, ctx)
+    tokens = (iter_num - first_iter) * cfg.batch_size * cfg.block_size
+    return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time,
+            "first_100": first_100, "correct": r["held-out"].correct, "total": r["held-out"].total,
+            "tokens_per_s": tokens / max(train_time, 1e-9)}
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: nothing more to save
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
