@@ -1,10 +1,13 @@
 """
 Benchmarks for gpt.py, printed as tables: the figures in README.md come from here.
 
-    python bench.py                    # the whole command, time to 100% held-out, generation, the peer row
+    python bench.py                    # the whole command, time to 100% held-out, generation,
+                                       # the peer row
     python bench.py --runs=3           # medians of 3 training runs
-    python bench.py --ablations=True   # also: which choices mattered (one run each, several minutes)
-    python bench.py --scale=True       # also: how the cost grows with max_num, 10K to 10M (about 20 minutes)
+    python bench.py --ablations=True   # also: which choices mattered (one run each, several
+                                       # minutes)
+    python bench.py --scale=True       # also: how the cost grows with max_num, 10K to 10M
+                                       # (about 20 minutes)
     python bench.py --compile_check=True --peer=False   # also: is torch.compile faster here?
 
 Training runs in this process skip gpt.py's whole-text check (--full_check=False), so each stops
@@ -35,15 +38,18 @@ streams = 64          # streams of the batched generation, against one stream
 peer = True           # train the ng-video-lecture hyperparameters for the same time
 ablations = False     # one run per variant in ABLATIONS
 scale = False         # python gpt.py at max_num 10K, 100K, 1M and 10M: steps, time, memory
-compile_check = False  # time training steps eager vs torch.compile (the compile flag's default rests on this)
+# time training steps eager vs torch.compile (the compile flag's default rests on this)
+compile_check = False
 out_dir = "out/bench"
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
+DEFAULTS = {k: v for k, v in dict(globals()).items()
+            if not k.startswith("_") and type(v) in (int, float, bool, str)}
 
 QUIET = ["--full_check=False", "--long_count=0", "--max_new_tokens=0"]
 # what a learner would copy from ng-video-lecture (Karpathy's "Let's build GPT")
 PEER = ["--n_embd=384", "--n_head=6", "--n_layer=6", "--block_size=256", "--batch_size=64",
-        "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000", "--eval_iters=2"]
+        "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000",
+        "--eval_iters=2"]
 # each: a name and the settings it changes from gpt.py's defaults
 ABLATIONS = [  # the rows of README's "What mattered" table
     ("uniform windows, as in the tutorial (--window_alpha=1)", ["--window_alpha=1"]),
@@ -54,7 +60,8 @@ ABLATIONS = [  # the rows of README's "What mattered" table
 
 
 def train(args, out_dir):
-    """One gpt.py training run in this process, its printout kept quiet. Returns gpt.main's summary."""
+    """One gpt.py training run in this process, its printout kept quiet. Returns gpt.main's
+    summary."""
     with contextlib.redirect_stdout(io.StringIO()):
         return gpt.main(QUIET + [f"--out_dir={out_dir}"] + args)
 
@@ -63,13 +70,15 @@ def run_gpt(args):
     """`python gpt.py args` in a fresh process, as a user runs it: (seconds, peak memory in bytes
     or None where the OS does not say, printout)."""
     t = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "gpt.py", *args], cwd=os.path.dirname(os.path.abspath(__file__)),
+    p = subprocess.Popen([sys.executable, "gpt.py", *args],
+                         cwd=os.path.dirname(os.path.abspath(__file__)),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = p.stdout.read()
     if hasattr(os, "wait4"):
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
-        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
+        # bytes on macOS, KiB on Linux
+        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     else:
         p.wait()
         peak = None
@@ -123,29 +132,39 @@ def main(argv):
         cells = [f"{seconds:.1f}"] + [found(p, out) for p in (
             r"stopped at step (\d+)", r"([\d.]+)s of training,", r"([\d.]+)s of evaluation",
             r"held-out: counting accuracy (\S+)", r"whole text: counting accuracy (\S+)",
-            r"counting from 0, to \d+: (.*)", r"in all: (.*?) \(")] + [f"{peak / 2**20:,.0f} MB" if peak else "-"]
-        print("\n## The whole command: python gpt.py (a fresh process)\n\n| wall s | stopped at step | train s | eval s | "
-              "held-out | whole text | from 0, | long count | peak memory |\n|---|---|---|---|---|---|---|---|---|\n| "
+            r"counting from 0, to \d+: (.*)", r"in all: (.*?) \(",
+        )] + [f"{peak / 2**20:,.0f} MB" if peak else "-"]
+        print("\n## The whole command: python gpt.py (a fresh process)\n\n"
+              "| wall s | stopped at step | train s | eval s | "
+              "held-out | whole text | from 0, | long count | peak memory |\n"
+              "|---|---|---|---|---|---|---|---|---|\n| "
               + " | ".join(cells) + " |", flush=True)
 
     header = ("| run | held-out accuracy | steps | train s | ms/step | tokens/s |\n"
               "|---|---|---|---|---|---|")
-    print(f"\n## Time to 100% exhaustive held-out counting, gpt.py defaults ({cfg.runs} run(s))\n\n{header}")
+    print(f"\n## Time to 100% exhaustive held-out counting, gpt.py defaults "
+          f"({cfg.runs} run(s))\n\n{header}")
     results = []
     for i in range(cfg.runs):
         results.append(train([f"--seed={1337 + i}"], cfg.out_dir))
         print(row(f"defaults, seed {1337 + i}", results[-1]), flush=True)
-    median = {k: statistics.median(r[k] for r in results) for k in ("train_time", "iters", "tokens_per_s")}
+    median = {k: statistics.median(r[k] for r in results)
+              for k in ("train_time", "iters", "tokens_per_s")}
     # time to 100%: a run that never got there counts as infinitely slow
-    to_100 = statistics.median(r["first_100"][1] if r["first_100"] else float("inf") for r in results)
-    print(f"{sum(r['first_100'] is not None for r in results)}/{cfg.runs} runs reached 100%; median time to 100%: "
+    to_100 = statistics.median(r["first_100"][1] if r["first_100"] else float("inf")
+                               for r in results)
+    print(f"{sum(r['first_100'] is not None for r in results)}/{cfg.runs} runs reached 100%; "
+          f"median time to 100%: "
           + (f"{to_100:.1f}s of training" if to_100 < float("inf") else "not reached")
-          + f"; median of all runs: {median['train_time']:.1f}s of training, {median['iters']:.0f} steps, "
+          + f"; median of all runs: {median['train_time']:.1f}s of training, "
+          f"{median['iters']:.0f} steps, "
           f"{median['tokens_per_s']:,.0f} tokens/s; evaluation took "
           f"{statistics.median(r['eval_time'] for r in results):.1f}s more")
 
-    print(f"\n## Generation: greedy counting of {cfg.gen_numbers:,} held-out numbers per stream, last run's model\n")
-    model = gpt.GPT(gpt.GPTConfig(**torch.load(f"{cfg.out_dir}/ckpt.pt", weights_only=True)["model_config"]))
+    print(f"\n## Generation: greedy counting of {cfg.gen_numbers:,} held-out numbers per stream, "
+          f"last run's model\n")
+    model = gpt.GPT(gpt.GPTConfig(
+        **torch.load(f"{cfg.out_dir}/ckpt.pt", weights_only=True)["model_config"]))
     model.load_state_dict(torch.load(f"{cfg.out_dir}/ckpt.pt", weights_only=True)["model"])
     model.to(device).eval()
     train_data, val_data = load_data(gpt.max_num)[1:]
@@ -154,34 +173,42 @@ def main(argv):
     count = [([held_out.number(k), held_out.number(k + 1)],
               [held_out.number(j) for j in range(k + 2, k + 2 + cfg.gen_numbers)]) for k in starts]
     speed, right = {}, {}
-    for name, streams_, use_cache in (("one stream, key/value cache", 1, True), ("one stream, no cache", 1, False),
-                                      (f"{cfg.streams} streams at once, key/value cache", cfg.streams, True)):
-        errors, speed[name] = gpt.count_on(model, *zip(*count[:streams_]), contextlib.nullcontext(), use_cache)
+    for name, streams_, use_cache in (("one stream, key/value cache", 1, True),
+                                      ("one stream, no cache", 1, False),
+                                      (f"{cfg.streams} streams at once, key/value cache",
+                                       cfg.streams, True)):
+        errors, speed[name] = gpt.count_on(model, *zip(*count[:streams_]),
+                                           contextlib.nullcontext(), use_cache)
         right[name] = sum(e is None for e in errors)
-        print(f"| {name} | {speed[name]:,.0f} tokens/s | {right[name]}/{streams_} streams right |", flush=True)
+        print(f"| {name} | {speed[name]:,.0f} tokens/s | "
+              f"{right[name]}/{streams_} streams right |", flush=True)
     names = list(speed)
     print(f"key/value cache speed-up {speed[names[0]] / speed[names[1]]:.2f}x; batched streams "
           f"{speed[names[2]] / speed[names[0]]:.1f}x the tokens/s of one")
 
     if cfg.peer:
         budget = median["train_time"]
-        print(f"\n## ng-video-lecture hyperparameters, same {budget:.1f}s training budget\n\n{header}")
+        print(f"\n## ng-video-lecture hyperparameters, same {budget:.1f}s training budget"
+              f"\n\n{header}")
         p = train(PEER + [f"--max_seconds={budget}"], cfg.out_dir + "/peer")
         print(row("n_embd 384, 6 heads, 6 layers, block 256, lr 3e-4, dropout 0.2", p))
-        print(f"defaults vs peer: {median['tokens_per_s'] / p['tokens_per_s']:.1f}x the tokens/s, held-out "
-              f"accuracy {percent(results[-1]['correct'], results[-1]['total'])} vs {percent(p['correct'], p['total'])} "
-              f"in the same time")
+        print(f"defaults vs peer: {median['tokens_per_s'] / p['tokens_per_s']:.1f}x the tokens/s, "
+              f"held-out accuracy {percent(results[-1]['correct'], results[-1]['total'])} "
+              f"vs {percent(p['correct'], p['total'])} in the same time")
 
     if cfg.compile_check:
         train_data = train_data.to(device)
-        print(f"\n## torch.compile vs eager: training steps of the default model on {device}, eager, "
-              f"compiled, eager, compiled\n\n| mode | first step s | ms/step after |\n|---|---|---|")
+        print(f"\n## torch.compile vs eager: training steps of the default model on {device}, "
+              f"eager, compiled, eager, compiled\n\n"
+              f"| mode | first step s | ms/step after |\n|---|---|---|")
         ms = {False: [], True: []}
         for compiled in (False, True, False, True):
             first, per_step = step_times(compiled, train_data)
             ms[compiled].append(per_step)
-            print(f"| {'torch.compile' if compiled else 'eager'} | {first:.1f} | {per_step:.1f} |", flush=True)
-        print(f"compiled / eager step time: {min(ms[True]) / min(ms[False]):.2f} (best of two each)")
+            print(f"| {'torch.compile' if compiled else 'eager'} | {first:.1f} | {per_step:.1f} |",
+                  flush=True)
+        print(f"compiled / eager step time: {min(ms[True]) / min(ms[False]):.2f} "
+              f"(best of two each)")
 
     if cfg.ablations:
         print(f"\n## Ablations: one run each, gpt.py defaults with one change\n\n{header}")
@@ -190,18 +217,23 @@ def main(argv):
 
     if cfg.scale:
         print("\n## How the cost grows: python gpt.py --max_num=N (fresh processes)\n\n"
-              "| max_num | held-out numbers | steps to 100% held-out | train s | held-out check s | µs per number | "
-              "whole-text check s | µs per number | peak memory |\n|---|---|---|---|---|---|---|---|---|")
+              "| max_num | held-out numbers | steps to 100% held-out | train s | "
+              "held-out check s | µs per number | whole-text check s | µs per number | "
+              "peak memory |\n|---|---|---|---|---|---|---|---|---|")
         for n in (10_000, 100_000, 1_000_000, 10_000_000):
             _, _, trained = run_gpt([f"--max_num={n}", f"--out_dir={cfg.out_dir}/scale"] + QUIET)
-            _, peak, checked = run_gpt([f"--max_num={n}", f"--out_dir={cfg.out_dir}/scale", "--max_iters=0",
-                                        "--long_count=0", "--max_new_tokens=0"])
-            held = float(found(r"step     0 .* eval ([\d.]+)s", checked, "nan"))   # the loss estimate is ~1% of it
+            _, peak, checked = run_gpt([f"--max_num={n}", f"--out_dir={cfg.out_dir}/scale",
+                                        "--max_iters=0", "--long_count=0", "--max_new_tokens=0"])
+            # the loss estimate is ~1% of it
+            held = float(found(r"step     0 .* eval ([\d.]+)s", checked, "nan"))
             whole = float(found(r"whole text \(([\d.]+)s\)", checked, "nan"))
             numbers = int(found(r"([\d,]+) held-out numbers", checked).replace(",", ""))
-            cells = [f"{n:,}", f"{numbers:,}", found(r"right after (\d+) steps", trained, "not reached"),
-                     found(r"([\d.]+)s of training,", trained), f"{held:.2f}", f"{1e6 * held / numbers:.1f}",
-                     f"{whole:.1f}", f"{1e6 * whole / (n - 1):.1f}", f"{peak / 2**20:,.0f} MB" if peak else "-"]
+            cells = [f"{n:,}", f"{numbers:,}",
+                     found(r"right after (\d+) steps", trained, "not reached"),
+                     found(r"([\d.]+)s of training,", trained),
+                     f"{held:.2f}", f"{1e6 * held / numbers:.1f}",
+                     f"{whole:.1f}", f"{1e6 * whole / (n - 1):.1f}",
+                     f"{peak / 2**20:,.0f} MB" if peak else "-"]
             print("| " + " | ".join(cells) + " |", flush=True)
 
 if __name__ == "__main__":

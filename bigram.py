@@ -29,7 +29,8 @@ learning_rate = 1e-2
 seed = 1337
 device = "auto"       # auto = cuda, else mps, else cpu
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
+DEFAULTS = {k: v for k, v in globals().items()
+            if not k.startswith("_") and type(v) in (int, float, bool, str)}
 
 
 class BigramLanguageModel(nn.Module):
@@ -79,7 +80,8 @@ def main(argv):
     tok, train_data, val_data = load_data(cfg.max_num)
     check_split(train_data, val_data, cfg.max_num, cfg.block_size)
     train_data, val_data = train_data.to(dev), val_data.to(dev)
-    print(f"data ready in {time.perf_counter() - t0:.2f}s: {len(train_data):,} train / {len(val_data):,} val tokens")
+    print(f"data ready in {time.perf_counter() - t0:.2f}s: "
+          f"{len(train_data):,} train / {len(val_data):,} val tokens")
 
     model = BigramLanguageModel(tok.vocab_size).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
@@ -93,8 +95,8 @@ def main(argv):
         x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, dev)
         _, loss = model(x, y)
         if not math.isfinite(loss.item()):
-            print(f"error: the loss became {loss.item()} at step {it}: training diverged; lower --learning_rate",
-                  file=sys.stderr)
+            print(f"error: the loss became {loss.item()} at step {it}: training diverged; "
+                  f"lower --learning_rate", file=sys.stderr)
             sys.exit(1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -104,7 +106,8 @@ def main(argv):
     # What one character tells: the learned distribution of the character after ','
     probs = F.softmax(model.token_embedding_table.weight[tok.stoi[","]], dim=-1)
     print("after ',': " + "  ".join(f"{ch!r} {p:.3f}" for ch, p in zip(tok.vocab, probs.tolist())))
-    idx = torch.tensor([tok.encode(",0,")], device=dev)  # the text, and every prompt, begins with a comma
+    # the text, and every prompt, begins with a comma
+    idx = torch.tensor([tok.encode(",0,")], device=dev)
     print(f"sample: {tok.decode(model.generate(idx, 60)[0, 1:])!r}")
     # ...and what it does not: the same exhaustive counting check that gpt.py passes
     print(CountingEval(val_data, block_size=32)(model).summary())

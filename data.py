@@ -53,7 +53,7 @@ class Tokenizer:
         return len(self.vocab)
 
     def encode_tensor(self, string):
-        """str -> 1-D uint8 tensor of token ids. Raises ValueError on a character not in the vocab."""
+        """str -> 1-D uint8 tensor of token ids; ValueError on a character not in the vocab."""
         raw = bytearray(string.encode("ascii", errors="replace"))  # non-ASCII -> '?', caught below
         if not raw:
             return torch.empty(0, dtype=torch.uint8)
@@ -75,10 +75,12 @@ class Tokenizer:
         if ids.numel() == 0:
             return ""
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"token ids must be whole numbers, got {[f'{v:g}' for v in ids.flatten()[:5].tolist()]}")
+            raise ValueError(f"token ids must be whole numbers, got "
+                             f"{[f'{v:g}' for v in ids.flatten()[:5].tolist()]}")
         bad = ids[(ids < 0) | (ids >= self.vocab_size)]
         if len(bad):
-            raise ValueError(f"token ids {bad.unique()[:5].tolist()} are not in 0..{self.vocab_size - 1}")
+            raise ValueError(f"token ids {bad.unique()[:5].tolist()} are not in "
+                             f"0..{self.vocab_size - 1}")
         return self.id_to_byte[ids.long()].numpy().tobytes().decode("ascii")
 
 
@@ -87,8 +89,9 @@ def load_data(max_num=1_000_000, val_frac=0.1):
     is validation, the rest is training. Returns (tokenizer, train_data, val_data)."""
     tok = Tokenizer()
     # encoded a million numbers at a time: one Python string of ten million numbers takes GBs
-    data = torch.cat([tok.encode_tensor(",")] + [tok.encode_tensor(counting_text(min(lo + 10**6, max_num), lo))
-                                                 for lo in range(0, max_num, 10**6)])
+    data = torch.cat([tok.encode_tensor(",")]
+                     + [tok.encode_tensor(counting_text(min(lo + 10**6, max_num), lo))
+                        for lo in range(0, max_num, 10**6)])
     n_val = int(len(data) * val_frac)
     return tok, data[:-n_val], data[-n_val:]
 
@@ -108,7 +111,8 @@ def get_batch(data, batch_size, block_size, device, generator=None, sampler=None
 
 
 def trailing(data, ends, length, token):
-    """How many times `token` ends each number: the number before comma ends[i] has length[i] digits."""
+    """How many times `token` ends each number (the number before comma ends[i] has length[i]
+    digits): trailing zeros, or trailing 9s."""
     count = torch.zeros_like(length)
     run = torch.ones_like(length, dtype=torch.bool)
     for k in range(1, int(length.max()) + 1):
@@ -136,13 +140,16 @@ class StepSampler:
 
     def __init__(self, data, block_size, alpha=0.3):
         data = data.cpu()
-        commas = (data == COMMA).nonzero().squeeze(1)   # number i lies between commas[i] and commas[i+1]
+        # number i lies between commas[i] and commas[i+1]
+        commas = (data == COMMA).nonzero().squeeze(1)
         length = commas[1:] - commas[:-1] - 1
         nines = trailing(data, commas[1:], length, NINE)
-        kind = (length * 16 + nines)[:-1]               # of each step n_i -> n_i+1: n_i's digits and 9s
+        # of each step n_i -> n_i+1: n_i's digits and 9s
+        kind = (length * 16 + nines)[:-1]
         _, kind_of_step, count = torch.unique(kind, return_inverse=True, return_counts=True)
         self.kind_p = count.float() ** alpha / (count.float() ** alpha).sum()  # (kinds,)
-        self.steps_by_kind = torch.argsort(kind_of_step, stable=True)          # each kind's steps together
+        # each kind's steps together
+        self.steps_by_kind = torch.argsort(kind_of_step, stable=True)
         self.kind_first, self.kind_count = torch.cumsum(count, 0) - count, count
         last_start = len(data) - block_size - 1
         self.lo = (commas[2:] - block_size).clamp(0, last_start)  # the window reaches n+1's comma
@@ -171,7 +178,8 @@ class CountingEval:
 
     def __init__(self, data, block_size, per_window=None):
         self.data = data
-        self.commas = (data == COMMA).nonzero().squeeze(1)  # number i lies between commas[i] and commas[i+1]
+        # number i lies between commas[i] and commas[i+1]
+        self.commas = (data == COMMA).nonzero().squeeze(1)
         n = len(self.commas) - 1                               # whole numbers in data
         if n < 2:
             raise ValueError(f"only {max(n, 0)} whole number(s) in the data: nothing to score")
@@ -180,16 +188,20 @@ class CountingEval:
         if per_window is None:
             per_window = block_size // longest - 1
         if per_window < 1 or (per_window + 1) * longest > block_size:
-            raise ValueError(f"block_size={block_size} cannot hold {per_window + 1 if per_window >= 1 else 2} "
-                             f"numbers of {longest - 1} digits and their commas; use a larger block_size")
+            raise ValueError(f"block_size={block_size} cannot hold "
+                             f"{per_window + 1 if per_window >= 1 else 2} numbers of "
+                             f"{longest - 1} digits and their commas; use a larger block_size")
         self.per_window, self.n = per_window, n
         # window w scores numbers first[w] .. first[w] + per_window - 1 (the last window fewer)
         first = torch.arange(1, n, per_window, device=data.device)
         final = (first + per_window - 1).clamp(max=n - 1)
-        self.ws = self.commas[first - 1]                       # window w starts at the comma before first[w] - 1
-        self.T = int((self.commas[final + 1] - self.ws).max())  # inputs up to the last digit of final[w]
+        # window w starts at the comma before first[w] - 1
+        self.ws = self.commas[first - 1]
+        # inputs up to the last digit of final[w]
+        self.T = int((self.commas[final + 1] - self.ws).max())
         self.padded = torch.cat([data, torch.zeros(self.T, dtype=data.dtype, device=data.device)])
-        self.carries = trailing(data, self.commas[1:], self.length.to(data.device), ZERO).cpu()  # trailing zeros
+        # trailing zeros
+        self.carries = trailing(data, self.commas[1:], self.length.to(data.device), ZERO).cpu()
 
     def number(self, k):
         """Number k of the data, as text."""
@@ -208,12 +220,15 @@ class CountingEval:
         model.eval()
         dev = self.padded.device
         wrong = torch.zeros(self.n, dtype=torch.bool, device=dev)
-        picked = torch.zeros(len(self.padded), dtype=torch.uint8, device=dev)  # argmax per scored position
+        # argmax per scored position
+        picked = torch.zeros(len(self.padded), dtype=torch.uint8, device=dev)
         offsets = torch.arange(self.T, device=dev)
         for i in range(0, len(self.ws), batch_size):
-            pos = self.ws[i:i + batch_size, None] + offsets                    # (B, T) input positions
+            # (B, T) input positions
+            pos = self.ws[i:i + batch_size, None] + offsets
             x, y = self.padded[pos].long(), self.padded[pos + 1].long()        # (B, T) each
-            number = torch.searchsorted(self.commas, pos + 1) - 1              # (B, T) whose digit or comma y is
+            # (B, T) whose digit or comma y is
+            number = torch.searchsorted(self.commas, pos + 1) - 1
             first = 1 + (i + torch.arange(len(pos), device=dev)[:, None]) * self.per_window
             scored = (number >= first) & (number < first + self.per_window) & (number < self.n)
             logits, _ = model(x)                                               # (B, T, V)
@@ -223,7 +238,8 @@ class CountingEval:
             if stop_at_wrong and wrong.any():
                 break
         model.train(was_training)
-        scored_to = min(self.n, 1 + (i + batch_size) * self.per_window)  # numbers 1 .. scored_to-1 were scored
+        # numbers 1 .. scored_to-1 were scored
+        scored_to = min(self.n, 1 + (i + batch_size) * self.per_window)
         return CountingResult(self, wrong[1:scored_to].cpu(), picked.cpu(), max_failures)
 
 
@@ -259,7 +275,8 @@ class CountingResult:
         return {c: (int(right[c]), int(total[c])) for c in total.nonzero().squeeze(1).tolist()}
 
     def summary(self):
-        lines = [f"counting accuracy {percent(self.correct, self.total)} ({self.correct}/{self.total})"]
+        lines = [f"counting accuracy {percent(self.correct, self.total)} "
+                 f"({self.correct}/{self.total})"]
         for name, table in (("carry (trailing zeros)", self.by_carry), ("digits", self.by_length)):
             lines.append(f"  by {name}: " + ", ".join(f"{k}: {percent(c, t, 2)} of {t}"
                                                       for k, (c, t) in sorted(table.items())))

@@ -42,11 +42,14 @@ RULES = [
     ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("window_alpha", lambda v: 0 <= v <= 1, "in [0, 1] (1 = uniform windows)"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0 = no averaging)"),
-    ("temperature", lambda v: v == 0 or 1e-3 <= v, "0 (greedy) or at least 0.001, which is as good as greedy"),
+    ("temperature", lambda v: v == 0 or 1e-3 <= v,
+     "0 (greedy) or at least 0.001, which is as good as greedy"),
     ("seed", lambda v: 0 <= v < 2**63, "a whole number from 0 to 2**63-1"),
-    ("mode", lambda v: v in ("train", "sample", "eval", "attention"), "train, sample, eval or attention"),
+    ("mode", lambda v: v in ("train", "sample", "eval", "attention"),
+     "train, sample, eval or attention"),
     ("init_from", lambda v: v in ("scratch", "resume"), "scratch or resume"),
-    ("dtype", lambda v: v in ("auto", "float32", "bfloat16", "float16"), "auto, float32, bfloat16 or float16"),
+    ("dtype", lambda v: v in ("auto", "float32", "bfloat16", "float16"),
+     "auto, float32, bfloat16 or float16"),
 ]
 
 
@@ -57,7 +60,7 @@ def fail(message):
 
 
 def settings_block(path):
-    """The lines between the first two '# ----' lines of a script: its settings and their comments."""
+    """The lines between the first two '# ----' lines of a script: its settings, commented."""
     lines = open(path).read().splitlines()
     marks = [i for i, line in enumerate(lines) if line.startswith("# ----")]
     return "\n".join(lines[marks[0] + 1:marks[1]])
@@ -74,7 +77,8 @@ def parse_settings(argv, defaults, path):
     for arg in argv:
         key, eq, value = arg.removeprefix("--").partition("=")
         if not arg.startswith("--") or not eq:
-            fail(f"cannot read {arg!r}: write settings as --key=value, e.g. --max_iters=2000 (--help lists them)")
+            fail(f"cannot read {arg!r}: write settings as --key=value, e.g. --max_iters=2000 "
+                 f"(--help lists them)")
         if key not in defaults:
             fail(f"unknown setting --{key}; valid settings: {' '.join('--' + k for k in defaults)}")
         if key in given:
@@ -103,8 +107,8 @@ def check_settings(s, defaults):
     if "max_num" in defaults:
         need, have = text_length(s.max_num) * BYTES_PER_CHAR, machine_memory()
         if have and need > have:
-            fail(f"--max_num={s.max_num:,} needs about {need / 2**30:,.1f} GB of memory, more than this "
-                 f"machine's {have / 2**30:,.1f} GB; use a smaller --max_num")
+            fail(f"--max_num={s.max_num:,} needs about {need / 2**30:,.1f} GB of memory, "
+                 f"more than this machine's {have / 2**30:,.1f} GB; use a smaller --max_num")
 
 
 def machine_memory():
@@ -119,22 +123,25 @@ def check_split(train_data, val_data, max_num, block_size):
     """Each split must hold a window of block_size+1 tokens and a whole step n -> n+1."""
     for name, data in (("training", train_data), ("validation", val_data)):
         if len(data) < block_size + 2 or int((data == COMMA).sum()) < 3:
-            fail(f"--max_num={max_num} gives a {name} split of {len(data)} tokens, too short for a window of "
-                 f"{block_size + 1} tokens or a whole step n -> n+1; raise --max_num or lower --block_size")
+            fail(f"--max_num={max_num} gives a {name} split of {len(data)} tokens, "
+                 f"too short for a window of {block_size + 1} tokens or a whole step n -> n+1; "
+                 f"raise --max_num or lower --block_size")
 
 
 def pick_device(name="auto"):
     """auto: CUDA if present, else Apple's MPS, else the CPU. A named device must be there."""
-    available = ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
+    available = (["cpu"] + ["cuda"] * torch.cuda.is_available()
+                 + ["mps"] * torch.backends.mps.is_available())
     if name == "auto":
         return "cuda" if "cuda" in available else available[-1]
     try:
         device = torch.device(name)
     except RuntimeError:
         device = None
-    if device is None or device.type not in available or (device.type == "cuda" and (device.index or 0)
-                                                           >= torch.cuda.device_count()):
-        fail(f"--device={name} is not on this machine; available: {', '.join(available)} (or --device=auto)")
+    if (device is None or device.type not in available
+            or (device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count())):
+        fail(f"--device={name} is not on this machine; available: {', '.join(available)} "
+             f"(or --device=auto)")
     return name
 
 
@@ -145,5 +152,6 @@ def pick_dtype(name, device):
     if name == "auto":
         if not device.startswith("cuda"):
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return (torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False)
+                else torch.float16)
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
