@@ -28,7 +28,7 @@ import torch
 
 import gpt
 from data import get_batch, load_data, percent
-from settings import parse_settings, pick_device
+from settings import fail, parse_settings, pick_device
 
 # -----------------------------------------------------------------------------
 runs = 1              # training runs of the default config (the median is reported)
@@ -45,7 +45,8 @@ out_dir = "out/bench"
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and type(v) in (int, float, bool, str)}
 
-QUIET = ["--full_check=False", "--long_count=0", "--max_new_tokens=0"]
+# each run starts from scratch in its out_dir, replacing the last one's checkpoint
+QUIET = ["--init_from=scratch", "--full_check=False", "--long_count=0", "--max_new_tokens=0"]
 # what a learner would copy from ng-video-lecture (Karpathy's "Let's build GPT")
 PEER = ["--n_embd=384", "--n_head=6", "--n_layer=6", "--block_size=256", "--batch_size=64",
         "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000",
@@ -122,13 +123,16 @@ def row(name, r):
 
 def main(argv):
     cfg, _ = parse_settings(argv, DEFAULTS, __file__)
+    if cfg.gen_numbers > 10_000:
+        fail(f"--gen_numbers={cfg.gen_numbers} is more than the 10,000 held-out numbers a stream "
+             f"can count on; use at most 10000")
     gpt.lock_out_dir(cfg.out_dir)  # a bad --out_dir is refused before any work
     torch.manual_seed(0)
     device = pick_device()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
 
     if cfg.whole_command:
-        seconds, peak, out = run_gpt([f"--out_dir={cfg.out_dir}/whole"])
+        seconds, peak, out = run_gpt([f"--out_dir={cfg.out_dir}/whole", "--init_from=scratch"])
         cells = [f"{seconds:.1f}"] + [found(p, out) for p in (
             r"stopped at step (\d+)", r"([\d.]+)s of training,", r"([\d.]+)s of evaluation",
             r"held-out: counting accuracy (\S+)", r"whole text: counting accuracy (\S+)",
@@ -223,7 +227,8 @@ def main(argv):
         for n in (10_000, 100_000, 1_000_000, 10_000_000):
             _, _, trained = run_gpt([f"--max_num={n}", f"--out_dir={cfg.out_dir}/scale"] + QUIET)
             _, peak, checked = run_gpt([f"--max_num={n}", f"--out_dir={cfg.out_dir}/scale",
-                                        "--max_iters=0", "--long_count=0", "--max_new_tokens=0"])
+                                        "--init_from=scratch", "--max_iters=0", "--long_count=0",
+                                        "--max_new_tokens=0"])
             # the loss estimate is ~1% of it
             held = float(found(r"step     0 .* eval ([\d.]+)s", checked, "nan"))
             whole = float(found(r"whole text \(([\d.]+)s\)", checked, "nan"))
@@ -237,4 +242,8 @@ def main(argv):
             print("| " + " | ".join(cells) + " |", flush=True)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except BrokenPipeError:  # the reader of the output stopped early (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

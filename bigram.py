@@ -7,6 +7,7 @@ one alone. It learns the little that one character tells (after ',' comes a digi
     python bigram.py --max_iters=500  # any setting below, as --key=value
 """
 import math
+import os
 import sys
 import time
 
@@ -15,7 +16,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from data import CountingEval, get_batch, load_data
-from settings import check_split, parse_settings, pick_device
+from settings import parse_settings, pick_device
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -78,7 +79,6 @@ def main(argv):
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     tok, train_data, val_data = load_data(cfg.max_num)
-    check_split(train_data, val_data, cfg.max_num, cfg.block_size)
     train_data, val_data = train_data.to(dev), val_data.to(dev)
     print(f"data ready in {time.perf_counter() - t0:.2f}s: "
           f"{len(train_data):,} train / {len(val_data):,} val tokens")
@@ -114,4 +114,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except BrokenPipeError:  # the reader of the output stopped early (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -13,6 +13,7 @@ The task (the text, the tokenizer, the batches, the counting check) lives in dat
 import copy
 import math
 import os
+import re
 import shlex
 import signal
 import sys
@@ -25,7 +26,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from data import CountingEval, StepSampler, Tokenizer, get_batch, load_data, percent
-from settings import check_split, fail, parse_settings, pick_device, pick_dtype
+from settings import check_settings, fail, parse_settings, pick_device, pick_dtype
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -260,21 +261,34 @@ def parse_args(argv):
     Every mode but training from scratch loads the checkpoint, whose saved settings then stand
     in for the defaults. Returns the settings and the checkpoint (or None)."""
     cfg, given = parse_settings(argv, DEFAULTS, __file__)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = None
+    if cfg.mode == "train" and "init_from" not in given and os.path.exists(ckpt_path):
+        fail(f"{ckpt_path} holds a trained model; go on training it with --init_from=resume, "
+             f"replace it with --init_from=scratch, or pick another --out_dir")
     if cfg.mode != "train" or cfg.init_from == "resume":
-        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+        ckpt = load_checkpoint(ckpt_path)
         # a resumed run goes on with the checkpoint's random stream, so its seed is fixed too
         fixed = MODEL_KEYS + (("seed",) if cfg.mode == "train" else ())
         for key, value in ckpt["settings"].items():
+            if key in DEFAULTS and type(value) is not type(DEFAULTS[key]):
+                fail(f"checkpoint {ckpt_path} has {key}={value!r}, not a "
+                     f"{type(DEFAULTS[key]).__name__}: gpt.py did not write it; train a new one")
             if key in fixed and key in given and getattr(cfg, key) != value:
                 fail(f"the checkpoint in {cfg.out_dir} has {key}={value} but --{key}="
                      f"{getattr(cfg, key)} was given; drop --{key} (or train a new model with "
                      f"--init_from=scratch)")
             if key in DEFAULTS and key not in given and key not in MACHINE_KEYS:
                 setattr(cfg, key, value)
+        check_settings(cfg, DEFAULTS)  # the checkpoint's settings obey the same rules
     if cfg.n_embd % cfg.n_head:
         fail(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head}; "
              f"pick n_embd as a multiple of n_head")
+    longest = len(str(cfg.max_num - 1)) + 1  # the longest number and its comma
+    if cfg.block_size < 2 * longest:
+        fail(f"--block_size={cfg.block_size} cannot hold two numbers of {longest - 1} digits and "
+             f"their commas (the checks need n and n+1 in one window); use --block_size="
+             f"{2 * longest} or more, or a smaller --max_num")
     if cfg.min_lr > cfg.learning_rate:
         fail(f"--min_lr={cfg.min_lr} is above --learning_rate={cfg.learning_rate}; "
              f"the decay ends below where it starts")
@@ -282,9 +296,9 @@ def parse_args(argv):
         Tokenizer().encode(cfg.prompt)
     except ValueError as e:
         fail(f"--prompt={cfg.prompt!r}: {e}")
-    if not cfg.prompt.strip(","):
-        fail(f"--prompt={cfg.prompt!r} has no digits; give the start of a count, "
-             f"e.g. --prompt=41,42,")
+    if not re.fullmatch(r",?(\d+,)*\d*", cfg.prompt) or not cfg.prompt.strip(","):
+        fail(f"--prompt={cfg.prompt!r} is not the start of a count: give whole numbers, each "
+             f"followed by one comma, e.g. --prompt=41,42,")
     return cfg, ckpt
 
 
@@ -316,11 +330,22 @@ def lock_out_dir(out_dir):
     LOCKS[key] = lock
 
 
+def finite(*things):
+    """Whether every number in these (losses, loss tensors, models' weights) is finite."""
+    for t in things:
+        if isinstance(t, nn.Module):
+            if not all(torch.isfinite(p).all() for p in t.parameters()):
+                return False
+        elif t is not None and not math.isfinite(float(t)):
+            return False
+    return True
+
+
 def save_checkpoint(path, model, ema, optimizer, iter_num, cfg):
     """Write to a temporary file, then rename it over the old checkpoint: the rename is atomic,
     so a crash or kill mid-write leaves the previous checkpoint intact. "model" holds the
     averaged weights (what sampling uses), "train_model" the raw ones (what training resumes)."""
-    if not all(torch.isfinite(p).all() for p in (*model.parameters(), *ema.parameters())):
+    if not finite(model, ema):
         raise ValueError("refusing to save weights that are not finite")
     device_type = next(model.parameters()).device.type
     ckpt = {
@@ -372,7 +397,7 @@ def resume_command(cfg):
     and the machine's (shell-quoted, so that an out_dir with a space survives a paste)."""
     given = [f"--{k}={getattr(cfg, k)}" for k in ("out_dir", "device", "dtype", "compile")
              if getattr(cfg, k) != DEFAULTS[k]]
-    return shlex.join(["python", "gpt.py", "--init_from=resume", *given])
+    return shlex.join(["python", os.path.relpath(__file__), "--init_from=resume", *given])
 
 
 class StopOnSignal:
@@ -586,7 +611,8 @@ def show_attention(model, cfg, device):
     longest = len(str(cfg.max_num - 1)) + 1
     if idx.size(1) + longest > cfg.block_size:
         fail(f"--prompt={cfg.prompt!r} is too long to show with the number after it in one window "
-             f"of {cfg.block_size} characters; give at most {cfg.block_size - longest - 1}")
+             f"of {cfg.block_size} characters; give at most {cfg.block_size - longest - 1} "
+             f"characters")
     for _ in range(longest):
         weights = []
         logits, _ = model(idx, weights=weights)
@@ -725,7 +751,6 @@ def main(argv):
     # the data, all of it on the device, and the checks
     t0 = time.perf_counter()
     _, train_data, val_data = load_data(cfg.max_num)
-    check_split(train_data, val_data, cfg.max_num, cfg.block_size)
     sampler = StepSampler(train_data, cfg.block_size, cfg.window_alpha) \
         if cfg.window_alpha < 1 else None
     train_data, val_data = train_data.to(device), val_data.to(device)
@@ -770,28 +795,31 @@ def main(argv):
             out_of_time = cfg.max_seconds > 0 and elapsed >= cfg.max_seconds
             evaluated = False
 
-            # once in a while, at the end, and when asked to stop: check the loss, save, evaluate
+            # once in a while, at the end, and when asked to stop: check the loss, evaluate, save
             if iter_num % cfg.eval_interval == 0 or out_of_steps or out_of_time or signals.signum:
                 sync(device_type)
                 interval = time.perf_counter() - interval_start
                 train_time += interval
-                if last_loss is not None and not math.isfinite(last_loss.item()):
+                if not finite(last_loss, model, ema):
                     stop = "diverged"
                 elif signals.signum:
                     stop = "interrupted"
                 else:
-                    save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
                     t_eval = time.perf_counter()
                     r = evaluate(ema, checks, {"train": train_data, "val": val_data}, cfg, ctx)
                     eval_time += time.perf_counter() - t_eval
-                    evaluated = True
-                    ms_per_step = 1000 * interval / max(iter_num - interval_iter, 1)
-                    print(eval_line(iter_num, r, ms_per_step, train_time,
-                                    time.perf_counter() - t_eval), flush=True)
-                    if r["held-out"].accuracy == 1 and first_100 is None:
-                        first_100 = (iter_num, train_time)
-                        print(f"every held-out number counted right after {iter_num} steps, "
-                              f"{train_time:.1f}s of training")
+                    if not finite(*r["loss"].values()):  # finite weights can still overflow
+                        stop = "diverged"
+                    else:
+                        save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
+                        evaluated = True
+                        ms_per_step = 1000 * interval / max(iter_num - interval_iter, 1)
+                        print(eval_line(iter_num, r, ms_per_step, train_time,
+                                        time.perf_counter() - t_eval), flush=True)
+                        if r["held-out"].accuracy == 1 and first_100 is None:
+                            first_100 = (iter_num, train_time)
+                            print(f"every held-out number counted right after {iter_num} steps, "
+                                  f"{train_time:.1f}s of training")
                 interval_start, interval_iter = time.perf_counter(), iter_num
 
             # when to stop: every reason, in one place
@@ -828,14 +856,15 @@ def main(argv):
 
     # the report: why training stopped, then every check of the averaged weights
     if stop == "diverged":
-        print(f"error: the loss became {last_loss.item()} by step {iter_num}: training diverged; "
-              f"lower --learning_rate or raise --warmup_iters. {ckpt_path} was not overwritten.",
-              file=sys.stderr)
+        print(f"error: training diverged by step {iter_num} (the loss or the weights are no longer "
+              f"finite); lower --learning_rate or raise --warmup_iters. {ckpt_path} was not "
+              f"overwritten.", file=sys.stderr)
         sys.exit(1)
     if stop == "interrupted":
         save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
+        # on stderr, which still reaches the terminal when stdout goes through | tee
         print(f"interrupted at step {iter_num}; saved {ckpt_path}. "
-              f"Resume with: {resume_command(cfg)}")
+              f"Resume with: {resume_command(cfg)}", file=sys.stderr)
         sys.exit(128 + signals.signum)
     print(f"stopped at step {iter_num} ({stop}): {train_time:.1f}s of training, "
           f"{eval_time:.1f}s of evaluation")
@@ -852,3 +881,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: nothing more to save
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader of the output stopped early (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import torch
 
-from data import COMMA, text_length
+from data import text_length
 
 BYTES_PER_CHAR = 40  # peak memory of `python gpt.py` per character of text (measured: README)
 
@@ -35,7 +35,8 @@ RULES = [
     ("max_new_tokens", lambda v: v >= 0, "0 or more"),
     ("long_count", lambda v: v >= 0, "0 or more"),
     ("top_k", lambda v: v >= 0, "0 or more (0 = all tokens)"),
-    ("learning_rate", lambda v: v > 0, "positive"),
+    ("learning_rate", lambda v: 0 < v <= 1,
+     "positive and at most 1 (larger AdamW steps only diverge)"),
     ("min_lr", lambda v: v >= 0, "0 or more"),
     ("weight_decay", lambda v: v >= 0, "0 or more"),
     ("grad_clip", lambda v: v >= 0, "0 or more (0 = off)"),
@@ -77,8 +78,9 @@ def parse_settings(argv, defaults, path):
     for arg in argv:
         key, eq, value = arg.removeprefix("--").partition("=")
         if not arg.startswith("--") or not eq:
-            fail(f"cannot read {arg!r}: write settings as --key=value, e.g. --max_iters=2000 "
-                 f"(--help lists them)")
+            example = next(iter(defaults))
+            fail(f"cannot read {arg!r}: write settings as --key=value, e.g. "
+                 f"--{example}={defaults[example]} (--help lists them)")
         if key not in defaults:
             fail(f"unknown setting --{key}; valid settings: {' '.join('--' + k for k in defaults)}")
         if key in given:
@@ -100,11 +102,18 @@ def parse_settings(argv, defaults, path):
 
 
 def check_settings(s, defaults):
-    """The rules above, then whether the machine has the memory that max_num needs."""
+    """The rules above; whether the validation split holds a window and a few numbers; whether
+    the machine has the memory that max_num needs. All before any work is done."""
     for key, ok, must in RULES:
         if key in defaults and not ok(getattr(s, key)):
             fail(f"--{key}={getattr(s, key)} must be {must}; the default is {defaults[key]}")
     if "max_num" in defaults:
+        # the last 10% of the text (data.load_data); numbers are at most `longest` characters long
+        n_val, longest = int(0.1 * text_length(s.max_num)), len(str(s.max_num - 1)) + 1
+        if n_val < max(s.block_size + 2, 3 * longest):
+            fail(f"--max_num={s.max_num} gives a validation split of {n_val} tokens, too short "
+                 f"for a window of {s.block_size + 1} tokens and three whole numbers; "
+                 f"raise --max_num or lower --block_size")
         need, have = text_length(s.max_num) * BYTES_PER_CHAR, machine_memory()
         if have and need > have:
             fail(f"--max_num={s.max_num:,} needs about {need / 2**30:,.1f} GB of memory, "
@@ -117,15 +126,6 @@ def machine_memory():
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
-
-
-def check_split(train_data, val_data, max_num, block_size):
-    """Each split must hold a window of block_size+1 tokens and a whole step n -> n+1."""
-    for name, data in (("training", train_data), ("validation", val_data)):
-        if len(data) < block_size + 2 or int((data == COMMA).sum()) < 3:
-            fail(f"--max_num={max_num} gives a {name} split of {len(data)} tokens, "
-                 f"too short for a window of {block_size + 1} tokens or a whole step n -> n+1; "
-                 f"raise --max_num or lower --block_size")
 
 
 def pick_device(name="auto"):

@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # A tiny GPT that trains in seconds; the tests that need a trained model share one run of it.
 # Its windows come from StepSampler (gpt.py's default), so it also counts the small numbers.
 # Measured over seeds 1337-1341 at 1, 2 and 4 threads, with the full check: every run stopped with
-# every check right, at steps 800-1,600 of its 3,000.
+# every check right, at steps 800-1,900 of its 3,000.
 TINY = ["--max_num=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block_size=24", "--batch_size=32",
         "--max_iters=3000", "--eval_interval=100", "--learning_rate=3e-3", "--min_lr=0", "--eval_iters=2",
         "--full_check=False", "--long_count=0", "--max_new_tokens=0", "--device=cpu"]
@@ -277,7 +277,9 @@ def test_gpt_loss_decreases(tmp_path, capsys):
     gpt.main(tiny("--max_iters=300", "--eval_interval=300", f"--out_dir={tmp_path}", base=SMALL))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
     first, last = (float(line.split("train ")[1].split()[0]) for line in (lines[0], lines[-1]))
-    assert first > 2.3 and last < 1.0, (first, last)  # measured: 2.40 -> 0.56
+    # measured over seeds 1337-1341 at 1, 2 and 4 threads: 2.41 -> 0.71..1.13. The bigram's best is
+    # 2.25: below 1.5 the model uses more than the last character.
+    assert first > 2.3 and last < 1.5, (first, last)
 
 
 def test_trained_gpt_counts_held_out(trained):
@@ -308,10 +310,13 @@ def test_metric_agrees_with_generation(trained, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         gpt.main(tiny(f"--out_dir={tmp_path}", "--max_iters=300", "--eval_interval=300", "--stop_at_100=False"))
     model = load_model(tmp_path)
-    ev = CountingEval(val_data[:20_000], 24)
+    ev = CountingEval(val_data, 24)
     result = ev(model)
-    carries = [k for k in range(1, ev.n) if ev.number(k).endswith("00")]
-    sample = carries + list(range(1, ev.n, 37))
+    # every carry of 3+ digits, and about 40 numbers it gets right and 40 it gets wrong
+    carries = [k for k in range(1, ev.n) if ev.number(k).endswith("000")]
+    right = [k for k in range(1, ev.n) if result.ok[k - 1]]
+    wrong = [k for k in range(1, ev.n) if not result.ok[k - 1]]
+    sample = carries + right[::max(1, len(right) // 40)] + wrong[::max(1, len(wrong) // 40)]
     tok = Tokenizer()
     agree = []
     for k in sample:
@@ -382,6 +387,39 @@ def test_stops_only_when_held_out_whole_text_and_from_zero_are_right(trained):
     assert "(every check right)" in trained[3]
 
 
+def test_attention_mode_shows_every_head_for_every_character_written(trained):
+    out_dir = trained[4]
+    r = run("gpt.py", "--mode=attention", f"--out_dir={out_dir}", "--prompt=9998,9999,")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stdout.splitlines()
+    written = [line for line in lines if line.startswith("writes ")]
+    assert [line.split("'")[1] for line in written] == list("10000,"), written  # 9999 -> 10000, greedily
+    rows = [line for line in lines if line[:2] in ("L1", "L2") and " on " in line]
+    assert len(rows) == 6 * 8  # a row per layer and head for each character written
+    context = ",9998,9999,"  # the first 8 rows: one shade per context character, then the top one named
+    for row in rows[:8]:
+        shades, (_, _, char, back, _) = row[8:8 + len(context)], row[8 + len(context):].split()
+        top = len(context) - int(back)
+        assert char == repr(context[top]) + "," and shades[top] == max(shades, key=gpt.SHADES.index), row
+    assert "Mean attention weight of each head" in r.stdout
+    assert [line[:5] for line in lines[-8:]] == [f"L{l} H{h}" for l in (1, 2) for h in (1, 2, 3, 4)]
+    for args, message in (([f"--out_dir={out_dir}", "--prompt=12,x"], "not in the vocabulary"),
+                          ([f"--out_dir={out_dir}", "--prompt=" + "1," * 12], "too long"),
+                          ([f"--out_dir={out_dir}/none"], "no checkpoint at")):
+        one_line_error(run("gpt.py", "--mode=attention", *args), message)
+
+
+def test_a_head_attends_to_the_aligned_digit_of_the_previous_number(trained):
+    """What --mode=attention measures, as found on the tiny model over seeds 1337-1341 at 1, 2 and
+    4 threads: while writing a digit of n+1 that is copied from n, some layer-2 head puts most of
+    its weight on that digit of n (0.71-0.91 on average), and some head on n's later digits, which
+    say whether a carry reaches it (0.82-0.99)."""
+    model, _, val_data, _, _ = trained
+    table, _, _ = gpt.attention_table(model, CountingEval(val_data, 24))  # (layer, head, copied/changed, part)
+    same_digit, later_digits = table[1, :, 0, 0].max().item(), table[:, :, 0, 1].max().item()
+    assert same_digit > 0.5 and later_digits > 0.6, table[..., 0, :]
+
+
 class NoFloat64(TorchFunctionMode):
     """Fails on any torch call that makes a float64 tensor: Apple's MPS has no float64."""
 
@@ -423,7 +461,7 @@ def test_bfloat16_training_still_counts(tmp_path, capsys):
     (["--n_layer=2", "--n_layer=3"], "--n_layer is given twice"),
     (["--n_embd=30", "--n_head=4"], "--n_embd=30 is not divisible by --n_head=4"),
     (["--block_size=0"], "--block_size=0 must be at least 2"),
-    (["--learning_rate=-1e-3"], "--learning_rate=-0.001 must be positive"),
+    (["--learning_rate=-1e-3"], "--learning_rate=-0.001 must be positive and at most 1"),
     (["--learning_rate=inf"], "--learning_rate=inf is not a finite number"),
     (["--ema_decay=nan"], "--ema_decay=nan is not a finite number"),
     (["--ema_decay=-3"], "--ema_decay=-3.0 must be in [0, 1)"),
@@ -437,7 +475,10 @@ def test_bfloat16_training_still_counts(tmp_path, capsys):
     (["--max_num=12", "--block_size=2"], "--max_num=12 gives a validation split of 2 tokens"),
     (["--max_num=1000000000"], "--max_num=1,000,000,000 needs about"),
     (["--prompt=12,x"], "character 'x' is not in the vocabulary"),
-    (["--prompt="], "--prompt='' has no digits"),
+    (["--prompt="], "--prompt='' is not the start of a count"),
+    (["--prompt=5,,6,"], "--prompt='5,,6,' is not the start of a count"),
+    (["--learning_rate=1e100"], "--learning_rate=1e+100 must be positive and at most 1"),
+    (["--max_num=1000000", "--block_size=10"], "--block_size=10 cannot hold two numbers of 6 digits"),
     (["--device=banana"], "--device=banana is not on this machine; available: cpu"),
     (["--mode=sample", "--out_dir=/nonexistent/countgpt"], "no checkpoint at /nonexistent/countgpt/ckpt.pt"),
     (["--init_from=resume", "--out_dir=/nonexistent/countgpt"], "no checkpoint at /nonexistent/countgpt/ckpt.pt"),
@@ -480,6 +521,18 @@ def test_scripts_refuse_what_gpt_refuses():
     one_line_error(run("bigram.py", "--device=banana"), "--device=banana is not on this machine")
     one_line_error(run("bigram.py", "--seed=99999999999999999999"), "--seed=99999999999999999999 must be")
     one_line_error(run("bench.py", "--runs=0"), "--runs=0 must be at least 1")
+    one_line_error(run("bench.py", "--gen_numbers=20000"), "--gen_numbers=20000 is more than")
+    one_line_error(run("bench.py", "runs=3"), "write settings as --key=value, e.g. --runs=1")
+
+
+@pytest.mark.parametrize("script", ["gpt.py", "bigram.py", "bench.py"])
+def test_output_piped_into_a_reader_that_stops_early_is_no_traceback(script):
+    """python gpt.py --help | head -1: the reader closes the pipe before the script writes."""
+    p = subprocess.Popen([sys.executable, script, "--help"], cwd=HERE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 1 and err == "", err
 
 
 @pytest.mark.parametrize("module", [gpt, bigram, bench])
@@ -525,6 +578,26 @@ def test_bad_checkpoints_are_refused(tmp_path, capsys):
     assert "has n_embd=48 but --n_embd=64 was given" in err
     gpt.main([f"--out_dir={out_dir}", "--mode=sample", "--prompt=5,6,", "--max_new_tokens=4"])
     assert capsys.readouterr().out.splitlines()[-1].startswith("5,6,")  # model settings came from the checkpoint
+    ckpt = torch.load(path, weights_only=True)
+    for key, value, message in [("max_num", "abc", "has max_num='abc', not a int"),
+                                ("top_k", -3, "--top_k=-3 must be 0 or more")]:
+        torch.save({**ckpt, "settings": {**ckpt["settings"], key: value}}, path)
+        with pytest.raises(SystemExit):
+            gpt.main([f"--out_dir={out_dir}", "--mode=sample"])
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_training_never_replaces_a_checkpoint_unless_asked(tmp_path, capsys):
+    """Running python gpt.py again (instead of the resume command) would train from scratch over
+    the model: refused unless --init_from says which."""
+    gpt.main(tiny(f"--out_dir={tmp_path}", "--max_iters=20", "--eval_interval=20", base=SMALL))
+    with pytest.raises(SystemExit):
+        gpt.main(tiny(f"--out_dir={tmp_path}", base=SMALL))
+    assert "holds a trained model; go on training it with --init_from=resume" in capsys.readouterr().err
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == 20
+    gpt.main(tiny(f"--out_dir={tmp_path}", "--max_iters=0", "--init_from=scratch", base=SMALL))
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == 0
 
 
 def test_checkpoint_round_trip_and_atomic_save(tmp_path, monkeypatch):
@@ -576,10 +649,11 @@ def test_ctrl_c_saves_and_resume_matches_unbroken_run(tmp_path, monkeypatch, cap
     broken = tmp_path / "broken"
     with pytest.raises(SystemExit) as exit_info:
         gpt.main(args + [f"--out_dir={broken}", "--init_from=scratch"])
-    out = capsys.readouterr().out
-    assert exit_info.value.code == 130 and "interrupted at step 31" in out
-    resume = out.split("Resume with: ")[1].strip()
-    assert resume == f"python gpt.py --init_from=resume --out_dir={broken} --device=cpu"  # no --init_from=scratch
+    err = capsys.readouterr().err  # on stderr: it reaches the terminal even through | tee
+    assert exit_info.value.code == 130 and "interrupted at step 31" in err
+    resume = err.split("Resume with: ")[1].strip()
+    script = os.path.relpath(gpt.__file__)  # the command runs from where this one did
+    assert resume == f"python {script} --init_from=resume --out_dir={broken} --device=cpu"  # no --init_from=scratch
     monkeypatch.setattr(gpt, "get_batch", real_get_batch)
     gpt.main(shlex.split(resume)[2:])                            # the settings come from the checkpoint
     out = capsys.readouterr().out
@@ -598,16 +672,17 @@ def test_sigterm_saves_a_second_run_is_refused_and_the_resume_command_works(tmp_
         for line in first.stdout:  # wait until it trains
             if line.startswith("step     0"):
                 break
-        one_line_error(run("gpt.py", *SMALL, f"--out_dir={out_dir}"), "another training run is writing to")
+        one_line_error(run("gpt.py", *SMALL, "--init_from=scratch", f"--out_dir={out_dir}"),
+                       "another training run is writing to")
         time.sleep(1)
         first.send_signal(signal.SIGTERM)
         out, err = first.communicate(timeout=60)
     finally:
         first.kill()
     assert first.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
-    step = int(out.split("interrupted at step ")[1].split(";")[0])
+    step = int(err.split("interrupted at step ")[1].split(";")[0])
     assert step > 0 and torch.load(out_dir / "ckpt.pt", weights_only=True)["iter_num"] == step
-    resume = shlex.split(out.split("Resume with: ")[1].strip())
+    resume = shlex.split(err.split("Resume with: ")[1].strip())
     assert resume == ["python", "gpt.py", "--init_from=resume", f"--out_dir={out_dir}", "--device=cpu"]
     r = run(*resume[1:], f"--max_iters={step + 5}")
     assert r.returncode == 0 and f"resuming from {out_dir} at step {step}" in r.stdout, r.stderr
@@ -629,16 +704,29 @@ def test_settings_given_on_resume_take_effect_or_are_refused(tmp_path, capsys):
 
 def test_nan_loss_stops_training(tmp_path, monkeypatch, capsys):
     real_ce = gpt.F.cross_entropy
-    monkeypatch.setattr(gpt.F, "cross_entropy", lambda *a, **k: real_ce(*a, **k) * float("nan"))
+    def nan_in_training(*a, **k):  # the evaluation (no gradients) still sees finite losses
+        return real_ce(*a, **k) * (float("nan") if torch.is_grad_enabled() else 1.0)
+    monkeypatch.setattr(gpt.F, "cross_entropy", nan_in_training)
     with pytest.raises(SystemExit) as exit_info:
         gpt.main(tiny("--max_iters=40", "--eval_interval=20", f"--out_dir={tmp_path}", base=SMALL))
     assert exit_info.value.code == 1
-    assert "the loss became nan by step 20: training diverged" in capsys.readouterr().err
+    assert "training diverged by step 20 (the loss or the weights" in capsys.readouterr().err
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == 0  # not overwritten with garbage
 
 
+def test_weights_that_overflow_are_never_saved(tmp_path, capsys):
+    """A weight decay so strong that the weights explode while the last training loss was still
+    finite: the evaluation's loss is not, so nothing after step 0 is saved."""
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main(tiny("--learning_rate=1", "--weight_decay=1e31", "--warmup_iters=0", "--max_iters=50",
+                      "--eval_interval=1", f"--out_dir={tmp_path}", base=SMALL))
+    assert exit_info.value.code == 1 and "training diverged by step" in capsys.readouterr().err
+    ckpt = gpt.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["iter_num"] == 0 and all(torch.isfinite(p).all() for p in ckpt["model"].values())
+
+
 def test_same_seed_same_run(tmp_path, capsys):
-    args = tiny("--max_iters=30", "--eval_interval=30", f"--out_dir={tmp_path}", base=SMALL)
+    args = tiny("--max_iters=30", "--eval_interval=30", "--init_from=scratch", f"--out_dir={tmp_path}", base=SMALL)
     runs = []
     for seed in (1, 1, 2):
         gpt.main(args + [f"--seed={seed}"])
