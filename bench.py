@@ -74,18 +74,24 @@ def run_gpt(args):
     p = subprocess.Popen([sys.executable, "gpt.py", *args],
                          cwd=os.path.dirname(os.path.abspath(__file__)),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = p.stdout.read()
-    if hasattr(os, "wait4"):
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        # bytes on macOS, KiB on Linux
-        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    else:
-        p.wait()
-        peak = None
-    if p.returncode:
+    lines, peak = [], None
+    for line in p.stdout:  # the high-water mark only grows: read it after every line printed
+        lines.append(line)
+        peak = high_water_mark(p.pid) or peak
+    out = "".join(lines)
+    if p.wait():
         sys.exit(f"python gpt.py {' '.join(args)} failed:\n{out}")
     return time.perf_counter() - t, peak, out
+
+
+def high_water_mark(pid):
+    """Peak resident memory of a running process in bytes (Linux's VmHWM), or None. Not
+    getrusage: its peak also counts the parent's memory copied into the child before exec."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def found(pattern, text, default="-"):

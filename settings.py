@@ -14,7 +14,9 @@ import torch
 
 from data import text_length
 
-BYTES_PER_CHAR = 40  # peak memory of `python gpt.py` per character of text (measured: README)
+# peak memory of `python gpt.py`: about 0.4 GB, plus 12.6 bytes per character of text (measured
+# at max_num 1M and 10M with every check); with a margin:
+BASE_MEMORY, BYTES_PER_CHAR = 2**29, 16
 
 # (setting, rule, what it must be): each script checks the settings it has
 RULES = [
@@ -114,7 +116,8 @@ def check_settings(s, defaults):
             fail(f"--max_num={s.max_num} gives a validation split of {n_val} tokens, too short "
                  f"for a window of {s.block_size + 1} tokens and three whole numbers; "
                  f"raise --max_num or lower --block_size")
-        need, have = text_length(s.max_num) * BYTES_PER_CHAR, machine_memory()
+        need = BASE_MEMORY + text_length(s.max_num) * BYTES_PER_CHAR
+        have = machine_memory()
         if have and need > have:
             fail(f"--max_num={s.max_num:,} needs about {need / 2**30:,.1f} GB of memory, "
                  f"more than this machine's {have / 2**30:,.1f} GB; use a smaller --max_num")
