@@ -397,7 +397,11 @@ def resume_command(cfg):
     and the machine's (shell-quoted, so that an out_dir with a space survives a paste)."""
     given = [f"--{k}={getattr(cfg, k)}" for k in ("out_dir", "device", "dtype", "compile")
              if getattr(cfg, k) != DEFAULTS[k]]
-    return shlex.join(["python", os.path.relpath(__file__), "--init_from=resume", *given])
+    try:
+        script = os.path.relpath(__file__)  # from where this run was started
+    except ValueError:  # on Windows, when the current directory is on another drive
+        script = __file__
+    return shlex.join(["python", script, "--init_from=resume", *given])
 
 
 class StopOnSignal:
