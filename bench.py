@@ -27,7 +27,7 @@ import time
 import torch
 
 import gpt
-from data import get_batch, load_data, percent
+from data import CountingEval, get_batch, load_data, percent
 from settings import fail, parse_settings, pick_device
 
 # -----------------------------------------------------------------------------
@@ -173,12 +173,12 @@ def main(argv):
 
     print(f"\n## Generation: greedy counting of {cfg.gen_numbers:,} held-out numbers per stream, "
           f"last run's model\n")
-    model = gpt.GPT(gpt.GPTConfig(
-        **torch.load(f"{cfg.out_dir}/ckpt.pt", weights_only=True)["model_config"]))
-    model.load_state_dict(torch.load(f"{cfg.out_dir}/ckpt.pt", weights_only=True)["model"])
+    ckpt = gpt.load_checkpoint(f"{cfg.out_dir}/ckpt.pt")
+    model = gpt.GPT(gpt.GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     train_data, val_data = load_data(gpt.max_num)[1:]
-    held_out = gpt.Checks(train_data, val_data, gpt.parse_args(["--long_count=0"])[0]).held_out
+    held_out = CountingEval(val_data, gpt.block_size)
     starts = [1 + i * (held_out.n - cfg.gen_numbers - 4) // cfg.streams for i in range(cfg.streams)]
     count = [([held_out.number(k), held_out.number(k + 1)],
               [held_out.number(j) for j in range(k + 2, k + 2 + cfg.gen_numbers)]) for k in starts]
