@@ -18,6 +18,7 @@ import torch
 
 VOCAB = ",0123456789"  # ',' -> 0, '0' -> 1, ..., '9' -> 10 (the tutorial's mapping)
 COMMA, ZERO, NINE = 0, 1, 10
+VAL_FRAC = 0.1         # the last tenth of the text is validation
 
 
 def counting_text(stop, start=0):
@@ -33,6 +34,11 @@ def text_length(max_num):
         chars += (hi - lo) * (digits + 1)                    # each number and its comma
         digits += 1
     return chars
+
+
+def longest_number(max_num):
+    """Characters of the text's longest number and its comma."""
+    return len(str(max_num - 1)) + 1
 
 
 class Tokenizer:
@@ -84,7 +90,7 @@ class Tokenizer:
         return self.id_to_byte[ids.long()].numpy().tobytes().decode("ascii")
 
 
-def load_data(max_num=1_000_000, val_frac=0.1):
+def load_data(max_num=1_000_000, val_frac=VAL_FRAC):
     """Build the text and split it as the tutorial does: the last val_frac of the characters
     is validation, the rest is training. Returns (tokenizer, train_data, val_data)."""
     tok = Tokenizer()
@@ -193,10 +199,10 @@ class CountingEval:
                              f"{longest - 1} digits and their commas; use a larger block_size")
         self.per_window, self.n = per_window, n
         # window w scores numbers first[w] .. first[w] + per_window - 1 (the last window fewer)
-        first = torch.arange(1, n, per_window, device=data.device)
-        final = (first + per_window - 1).clamp(max=n - 1)
+        self.first = torch.arange(1, n, per_window, device=data.device)
+        final = (self.first + per_window - 1).clamp(max=n - 1)
         # window w starts at the comma before first[w] - 1
-        self.ws = self.commas[first - 1]
+        self.ws = self.commas[self.first - 1]
         # inputs up to the last digit of final[w]
         self.T = int((self.commas[final + 1] - self.ws).max())
         self.padded = torch.cat([data, torch.zeros(self.T, dtype=data.dtype, device=data.device)])
@@ -211,6 +217,18 @@ class CountingEval:
         """The tokens the metric shows the model before number k: its window, up to number k."""
         return self.data[self.ws[(k - 1) // self.per_window]:self.commas[k] + 1]
 
+    def batches(self, batch_size):
+        """The windows, batch_size at a time: (pos (B, T) input positions, number (B, T) the
+        number whose digit or comma each target pos+1 is, scored (B, T) whether this window
+        scores that target)."""
+        offsets = torch.arange(self.T, device=self.padded.device)
+        for i in range(0, len(self.ws), batch_size):
+            pos = self.ws[i:i + batch_size, None] + offsets
+            number = torch.searchsorted(self.commas, pos + 1) - 1
+            first = self.first[i:i + batch_size, None]
+            scored = (number >= first) & (number < first + self.per_window) & (number < self.n)
+            yield pos, number, scored
+
     @torch.no_grad()
     def __call__(self, model, batch_size=512, max_failures=5, stop_at_wrong=False):
         """Score every number. model(x) must return (logits, loss) with logits of shape (B, T, V).
@@ -222,15 +240,8 @@ class CountingEval:
         wrong = torch.zeros(self.n, dtype=torch.bool, device=dev)
         # argmax per scored position
         picked = torch.zeros(len(self.padded), dtype=torch.uint8, device=dev)
-        offsets = torch.arange(self.T, device=dev)
-        for i in range(0, len(self.ws), batch_size):
-            # (B, T) input positions
-            pos = self.ws[i:i + batch_size, None] + offsets
+        for pos, number, scored in self.batches(batch_size):                  # (B, T) each
             x, y = self.padded[pos].long(), self.padded[pos + 1].long()        # (B, T) each
-            # (B, T) whose digit or comma y is
-            number = torch.searchsorted(self.commas, pos + 1) - 1
-            first = 1 + (i + torch.arange(len(pos), device=dev)[:, None]) * self.per_window
-            scored = (number >= first) & (number < first + self.per_window) & (number < self.n)
             logits, _ = model(x)                                               # (B, T, V)
             pred = logits.argmax(dim=-1)                                       # (B, T)
             wrong[number[scored & (pred != y)]] = True
@@ -238,8 +249,7 @@ class CountingEval:
             if stop_at_wrong and wrong.any():
                 break
         model.train(was_training)
-        # numbers 1 .. scored_to-1 were scored
-        scored_to = min(self.n, 1 + (i + batch_size) * self.per_window)
+        scored_to = int(number[scored].max()) + 1  # numbers 1 .. scored_to-1 were scored
         return CountingResult(self, wrong[1:scored_to].cpu(), picked.cpu(), max_failures)
 
 

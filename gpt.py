@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import CountingEval, StepSampler, Tokenizer, get_batch, load_data, percent
+from data import CountingEval, StepSampler, Tokenizer, get_batch, load_data, longest_number, percent
 from settings import check_settings, fail, parse_settings, pick_device, pick_dtype
 
 # -----------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def parse_args(argv):
     if cfg.n_embd % cfg.n_head:
         fail(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head}; "
              f"pick n_embd as a multiple of n_head")
-    longest = len(str(cfg.max_num - 1)) + 1  # the longest number and its comma
+    longest = longest_number(cfg.max_num)
     if cfg.block_size < 2 * longest:
         fail(f"--block_size={cfg.block_size} cannot hold two numbers of {longest - 1} digits and "
              f"their commas (the checks need n and n+1 in one window); use --block_size="
@@ -489,9 +489,9 @@ def count_on(model, prompts, wanted, ctx, use_cache=True):
         out = model.generate(idx, max(map(len, want)), temperature=0.0, use_cache=use_cache)
     out = out[:, idx.size(1):].cpu()  # waits for the device
     tokens_per_s = out.numel() / (time.perf_counter() - t)
-    errors = []
+    tok, errors = Tokenizer(), []
     for row, w in zip(out, wanted):
-        got = Tokenizer().decode(row).split(",")
+        got = tok.decode(row).split(",")
         i = next((i for i, n in enumerate(w) if got[i] != n), None)
         errors.append(None if i is None else f"number #{i + 1} should be {w[i]}, got {got[i]!r}")
     return errors, tokens_per_s
@@ -612,7 +612,7 @@ def show_attention(model, cfg, device):
     check: attention_table."""
     tok = Tokenizer()
     idx = encode_prompt(cfg.prompt)[None].to(device)
-    longest = len(str(cfg.max_num - 1)) + 1
+    longest = longest_number(cfg.max_num)
     if idx.size(1) + longest > cfg.block_size:
         fail(f"--prompt={cfg.prompt!r} is too long to show with the number after it in one window "
              f"of {cfg.block_size} characters; give at most {cfg.block_size - longest - 1} "
@@ -656,13 +656,9 @@ def attention_table(model, ev, batch_size=256):
     commas, dev = ev.commas, ev.padded.device
     total = torch.zeros(model.config.n_layer, model.config.n_head, 2, len(PARTS), device=dev)
     count = torch.zeros(2, device=dev)
-    for i in range(0, len(ev.ws), batch_size):
-        pos = ev.ws[i:i + batch_size, None] + torch.arange(ev.T, device=dev)  # (B, T) positions
+    for pos, k, scored in ev.batches(batch_size):           # (B, T) each: the next token is k's
         weights = []
         model(ev.padded[pos].long(), weights=weights)
-        k = torch.searchsorted(commas, pos + 1) - 1          # (B, T) the next token is number k's
-        first = 1 + (i + torch.arange(len(pos), device=dev)[:, None]) * ev.per_window
-        scored = (k >= first) & (k < first + ev.per_window) & (k < ev.n)  # as CountingEval's
         k = k.clamp(1, ev.n - 1)                              # n+1 is number k, n is number k-1
         before_n, before, after = commas[k - 1], commas[k], commas[k + 1]      # (B, T) each
         same = before_n + pos - before + 1                    # n's digit in the next one's place

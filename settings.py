@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import torch
 
-from data import text_length
+from data import VAL_FRAC, longest_number, text_length
 
 # peak memory of `python gpt.py`: about 0.4 GB, plus 12.6 bytes per character of text (measured
 # at max_num 1M and 10M with every check); with a margin:
@@ -110,8 +110,8 @@ def check_settings(s, defaults):
         if key in defaults and not ok(getattr(s, key)):
             fail(f"--{key}={getattr(s, key)} must be {must}; the default is {defaults[key]}")
     if "max_num" in defaults:
-        # the last 10% of the text (data.load_data); numbers are at most `longest` characters long
-        n_val, longest = int(0.1 * text_length(s.max_num)), len(str(s.max_num - 1)) + 1
+        # the validation split as data.load_data makes it, from numbers of at most `longest` chars
+        n_val, longest = int(text_length(s.max_num) * VAL_FRAC), longest_number(s.max_num)
         if n_val < max(s.block_size + 2, 3 * longest):
             fail(f"--max_num={s.max_num} gives a validation split of {n_val} tokens, too short "
                  f"for a window of {s.block_size + 1} tokens and three whole numbers; "
