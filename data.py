@@ -141,13 +141,15 @@ class StepSampler:
     6-digit steps together; in between, the rare kinds are boosted without starving the common
     ones. (Multilingual language models balance their languages the same way: XLM-R samples them
     with alpha=0.3.) The window sits at a random offset that still shows the comma before n and
-    the comma after n+1. `data` must start with a comma (the training split does). The tables
-    live on the CPU, as the random numbers do."""
+    the comma after n+1, and half the windows then move on to the next comma, so that they
+    begin at a number, as a prompt does: a prompt `k,k+1,k+2,` puts the step k+2 -> k+3 at one
+    place in the window, and the model must have been shown it there. `data` must start with a
+    comma (the training split does). The tables live on the CPU, as the random numbers do."""
 
     def __init__(self, data, block_size, alpha=0.3):
         data = data.cpu()
         # number i lies between commas[i] and commas[i+1]
-        commas = (data == COMMA).nonzero().squeeze(1)
+        self.commas = commas = (data == COMMA).nonzero().squeeze(1)
         length = commas[1:] - commas[:-1] - 1
         nines = trailing(data, commas[1:], length, NINE)
         # of each step n_i -> n_i+1: n_i's digits and 9s
@@ -166,7 +168,11 @@ class StepSampler:
         within = torch.randint(1 << 62, (batch_size,), generator=generator) % self.kind_count[kind]
         step = self.steps_by_kind[self.kind_first[kind] + within]
         lo, hi = self.lo[step], self.hi[step]
-        return lo + torch.randint(1 << 62, (batch_size,), generator=generator) % (hi - lo + 1)
+        start = lo + torch.randint(1 << 62, (batch_size,), generator=generator) % (hi - lo + 1)
+        # half of them begin at a number: the first comma at or after the start (hi is one)
+        at_number = self.commas[torch.searchsorted(self.commas, start)].minimum(hi)
+        snap = torch.randint(2, (batch_size,), generator=generator).bool()
+        return torch.where(snap, at_number, start)
 
 
 class CountingEval:
@@ -177,12 +183,18 @@ class CountingEval:
     argmax given the *true* text so far is the true next token (if every pick is right, the text
     it sees is the true text). So one teacher-forced forward pass scores many numbers at once,
     with no sampling loop. Each window starts at the comma before a number p, which it shows
-    whole, and scores the next `per_window` numbers: by default as many as block_size holds
-    (3 six-digit numbers in 32 tokens), and with per_window=1 each number sees only the number
-    before it, as a one-number prompt `p,` does. Every number is scored in exactly one window.
+    whole, and scores numbers after p. Two layouts:
+    - tiled (the default): the windows follow one another, each scoring the next `per_window`
+      numbers (as many as block_size holds: 3 six-digit numbers in 32 tokens), so every number
+      is scored once, after the numbers before it in its window;
+    - every_start: a window starts at every number p, as the prompt `p,` does, and runs for
+      block_size tokens, as generation from that prompt sees it before it first drops context;
+      it scores every number that ends inside it (p+1, p+2, p+3 for six digits; more if
+      shorter). So a number counts as right only if every prompt whose window reaches it
+      writes it right.
     The tables are tensors (no Python object per number), so the cost grows with the text."""
 
-    def __init__(self, data, block_size, per_window=None):
+    def __init__(self, data, block_size, every_start=False):
         self.data = data
         # number i lies between commas[i] and commas[i+1]
         self.commas = (data == COMMA).nonzero().squeeze(1)
@@ -191,20 +203,21 @@ class CountingEval:
             raise ValueError(f"only {max(n, 0)} whole number(s) in the data: nothing to score")
         self.length = (self.commas[1:] - self.commas[:-1] - 1).cpu()
         longest = int(self.length.max()) + 1                   # a number and its comma
-        if per_window is None:
-            per_window = block_size // longest - 1
-        if per_window < 1 or (per_window + 1) * longest > block_size:
-            raise ValueError(f"block_size={block_size} cannot hold "
-                             f"{per_window + 1 if per_window >= 1 else 2} numbers of "
-                             f"{longest - 1} digits and their commas; use a larger block_size")
-        self.per_window, self.n = per_window, n
-        # window w scores numbers first[w] .. first[w] + per_window - 1 (the last window fewer)
-        self.first = torch.arange(1, n, per_window, device=data.device)
-        final = (self.first + per_window - 1).clamp(max=n - 1)
-        # window w starts at the comma before first[w] - 1
+        self.per_window, self.n = block_size // longest - 1, n
+        if self.per_window < 1:
+            raise ValueError(f"block_size={block_size} cannot hold 2 numbers of {longest - 1} "
+                             f"digits and their commas; use a larger block_size")
+        # window w scores numbers first[w] .. last[w]; it starts at the comma before first[w] - 1
+        self.first = torch.arange(1, n, 1 if every_start else self.per_window, device=data.device)
         self.ws = self.commas[self.first - 1]
-        # inputs up to the last digit of final[w]
-        self.T = int((self.commas[final + 1] - self.ws).max())
+        if every_start:  # every number whose comma falls inside the window's block_size tokens
+            last = torch.searchsorted(self.commas, self.ws + block_size, right=True) - 2
+        else:
+            last = self.first + self.per_window - 1
+        self.last = last.clamp(max=n - 1)
+        # the inputs run up to the last digit of last[w]
+        self.T = int((self.commas[self.last + 1] - self.ws).max())
+        self.scores = int((self.last - self.first + 1).sum())  # (window, number) pairs scored
         self.padded = torch.cat([data, torch.zeros(self.T, dtype=data.dtype, device=data.device)])
         # trailing zeros
         self.carries = trailing(data, self.commas[1:], self.length.to(data.device), ZERO).cpu()
@@ -212,10 +225,6 @@ class CountingEval:
     def number(self, k):
         """Number k of the data, as text."""
         return Tokenizer().decode(self.data[self.commas[k] + 1:self.commas[k + 1]])
-
-    def context(self, k):
-        """The tokens the metric shows the model before number k: its window, up to number k."""
-        return self.data[self.ws[(k - 1) // self.per_window]:self.commas[k] + 1]
 
     def batches(self, batch_size):
         """The windows, batch_size at a time: (pos (B, T) input positions, number (B, T) the
@@ -225,8 +234,8 @@ class CountingEval:
         for i in range(0, len(self.ws), batch_size):
             pos = self.ws[i:i + batch_size, None] + offsets
             number = torch.searchsorted(self.commas, pos + 1) - 1
-            first = self.first[i:i + batch_size, None]
-            scored = (number >= first) & (number < first + self.per_window) & (number < self.n)
+            scored = (number >= self.first[i:i + batch_size, None]) \
+                & (number <= self.last[i:i + batch_size, None])
             yield pos, number, scored
 
     @torch.no_grad()
@@ -236,21 +245,33 @@ class CountingEval:
         the result then holds the numbers scored so far."""
         was_training = model.training
         model.eval()
-        dev = self.padded.device
-        wrong = torch.zeros(self.n, dtype=torch.bool, device=dev)
-        # argmax per scored position
-        picked = torch.zeros(len(self.padded), dtype=torch.uint8, device=dev)
+        wrong = torch.zeros(self.n, dtype=torch.bool, device=self.padded.device)
+        failures = {}  # number -> what went wrong, for the first few wrong numbers
         for pos, number, scored in self.batches(batch_size):                  # (B, T) each
             x, y = self.padded[pos].long(), self.padded[pos + 1].long()        # (B, T) each
             logits, _ = model(x)                                               # (B, T, V)
             pred = logits.argmax(dim=-1)                                       # (B, T)
-            wrong[number[scored & (pred != y)]] = True
-            picked[pos[scored] + 1] = pred[scored].to(torch.uint8)
+            bad = scored & (pred != y)                                         # (B, T)
+            wrong[number[bad]] = True
+            if len(failures) < max_failures and bad.any():
+                for b, t in bad.nonzero().tolist():
+                    if len(failures) == max_failures:
+                        break
+                    k = int(number[b, t])
+                    if k not in failures:
+                        failures[k] = self.failure(k, pos[b], pred[b])
             if stop_at_wrong and wrong.any():
                 break
         model.train(was_training)
         scored_to = int(number[scored].max()) + 1  # numbers 1 .. scored_to-1 were scored
-        return CountingResult(self, wrong[1:scored_to].cpu(), picked.cpu(), max_failures)
+        return CountingResult(self, wrong[1:scored_to].cpu(), sorted(failures.items()))
+
+    def failure(self, k, pos, pred):
+        """What one window (positions pos (T,), argmaxes pred (T,)) wrote for number k."""
+        ws, start, end = int(pos[0]), int(self.commas[k]), int(self.commas[k + 1])
+        tok = Tokenizer()
+        return (f"{tok.decode(self.data[ws:start + 1])} -> {self.number(k)}, argmax gave "
+                f"{tok.decode(pred[start - ws:end - ws])!r}")
 
 
 def percent(correct, total, decimals=3):
@@ -265,17 +286,14 @@ def percent(correct, total, decimals=3):
 class CountingResult:
     """Accuracy overall, per carry class (trailing zeros of the number) and per digit length."""
 
-    def __init__(self, ev, wrong, picked, max_failures):
+    def __init__(self, ev, wrong, failures):
         ok = ~wrong  # for numbers 1 .. n-1: number 0 of the data has no predecessor to count from
         self.ok = ok
         self.total, self.correct = len(ok), int(ok.sum())
         self.accuracy = self.correct / self.total
         self.by_carry = self.by_class(ev.carries[1:len(ok) + 1], ok)
         self.by_length = self.by_class(ev.length[1:len(ok) + 1], ok)
-        commas = ev.commas.cpu()
-        self.failures = [f"{ev.number(k - 1)} -> {ev.number(k)}, argmax gave "
-                         f"{Tokenizer().decode(picked[commas[k] + 1:commas[k + 1] + 1])!r}"
-                         for k in (wrong.nonzero().squeeze(1)[:max_failures] + 1).tolist()]
+        self.failures = [message for _, message in failures]
 
     @staticmethod
     def by_class(cls, ok):

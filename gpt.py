@@ -65,7 +65,7 @@ prompt = "0,"              # the start of a count: whole numbers, each followed 
 max_new_tokens = 100
 temperature = 0.0          # 0 = greedy (always the most likely token)
 top_k = 0                  # sample only from the k most likely tokens (0 = all)
-full_check = True          # also check the count from 0, and every step of the whole text
+full_check = True          # also check the count from 0, and every prompt k, of the whole text
 long_count = 10_000        # count this many held-out numbers on, greedily, far past the window
 streams = 20               # ... in this many streams at once
 # -----------------------------------------------------------------------------
@@ -263,9 +263,6 @@ def parse_args(argv):
     cfg, given = parse_settings(argv, DEFAULTS, __file__)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = None
-    if cfg.mode == "train" and "init_from" not in given and os.path.exists(ckpt_path):
-        fail(f"{ckpt_path} holds a trained model; go on training it with --init_from=resume, "
-             f"replace it with --init_from=scratch, or pick another --out_dir")
     if cfg.mode != "train" or cfg.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path)
         # a resumed run goes on with the checkpoint's random stream, so its seed is fixed too
@@ -299,6 +296,9 @@ def parse_args(argv):
     if not re.fullmatch(r",?(\d+,)*\d*", cfg.prompt) or not cfg.prompt.strip(","):
         fail(f"--prompt={cfg.prompt!r} is not the start of a count: give whole numbers, each "
              f"followed by one comma, e.g. --prompt=41,42,")
+    if cfg.mode == "train" and "init_from" not in given and os.path.exists(ckpt_path):
+        fail(f"{ckpt_path} holds a trained model; go on training it with --init_from=resume, "
+             f"replace it with --init_from=scratch, or pick another --out_dir")
     return cfg, ckpt
 
 
@@ -467,7 +467,7 @@ def estimate_loss(model, splits, cfg, ctx):
 
 
 # ------------------------------------------------------------------------------------------
-# The exact checks: held-out, whole text (every one-number prompt), from 0, the long count
+# The exact checks: held-out, whole text (every prompt), from 0, the long count
 
 def encode_prompt(text):
     """A prompt is the start of a count, read as the text is read: after a comma, which tells
@@ -499,14 +499,14 @@ def count_on(model, prompts, wanted, ctx, use_cache=True):
 
 class Checks:
     """The exact checks of one model, built once: every held-out number (from the text before
-    it in its window); every step n -> n+1 of the whole text, each from n alone, as a
-    one-number prompt `n,` shows it; the count from "0," to 1,000; and the long count: greedy
-    streams from held-out numbers, each far past the context window."""
+    it in its window); the whole text from every start, as the prompt `k,` shows it and on to
+    the end of its window (k+1, k+2, k+3 for six digits); the count from "0," to 1,000; and the
+    long count: greedy streams from held-out numbers, each far past the context window."""
 
     def __init__(self, train_data, val_data, cfg):
         self.held_out = ev = CountingEval(val_data, cfg.block_size)
         whole = torch.cat([train_data, val_data])
-        self.whole_text = CountingEval(whole, cfg.block_size, per_window=1) \
+        self.whole_text = CountingEval(whole, cfg.block_size, every_start=True) \
             if cfg.full_check else None
         self.from_zero = [str(n) for n in range(1, min(1000, cfg.max_num - 1) + 1)]
         # the streams start at held-out numbers of the longest length, so their prompts match;
@@ -569,6 +569,9 @@ def report(model, checks, r, cfg, ctx):
             took = f" ({time.perf_counter() - t:.1f}s)"
         if name in r:
             print(f"{name}{took}: {r[name].summary()}")
+        if name == "whole text" and name in r:
+            print(f"  from every start: {len(check.ws):,} prompts k, each written on to the end of "
+                  f"its window, {check.scores:,} numbers in all")
     if checks.whole_text:
         if "from 0," not in r:
             r["from 0,"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]

@@ -26,8 +26,6 @@ from gpt import GPT, GPTConfig
 HERE = os.path.dirname(os.path.abspath(__file__))
 # A tiny GPT that trains in seconds; the tests that need a trained model share one run of it.
 # Its windows come from StepSampler (gpt.py's default), so it also counts the small numbers.
-# Measured over seeds 1337-1341 at 1, 2 and 4 threads, with the full check: every run stopped with
-# every check right, at steps 800-1,900 of its 3,000.
 TINY = ["--max_num=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block_size=24", "--batch_size=32",
         "--max_iters=3000", "--eval_interval=100", "--learning_rate=3e-3", "--min_lr=0", "--eval_iters=2",
         "--full_check=False", "--long_count=0", "--max_new_tokens=0", "--device=cpu"]
@@ -54,6 +52,8 @@ def trained(tmp_path_factory):
     """One tiny GPT trained with gpt.py's own loop and stopping rule, its printout, its data and its out_dir."""
     out_dir = str(tmp_path_factory.mktemp("trained"))
     printed = io.StringIO()
+    # Every check, so it trains on until every prompt is right. Measured over seeds 1337-1341 at 1,
+    # 2 and 4 threads: every run stopped with every check right, at steps 1,000-1,800 of its 3,000.
     with contextlib.redirect_stdout(printed):
         gpt.main(tiny(f"--out_dir={out_dir}", "--full_check=True"))
     _, train_data, val_data = load_data(100_000)
@@ -130,6 +130,9 @@ def test_step_sampler_shows_rare_steps():
     for step in [",9,10,", ",99,100,", ",999,1000,", ",9999,10000,"]:
         assert sum(step in t for t in texts) >= 10, step
     assert sum(t.startswith(",0,1,2,") for t in texts) >= 10  # the start of the text
+    # half begin at a number, as a prompt does, and some of the rest by chance (one start in 2-7)
+    at_number = sum(t.startswith(",") for t in texts) / len(texts)
+    assert 0.5 < at_number < 0.75, at_number
     ix = sampler(10_000)  # every window lies inside the data
     assert ix.min() >= 0 and ix.max() <= len(train_data) - 25
 
@@ -153,20 +156,37 @@ def test_step_sampler_draws_kinds_as_count_to_the_alpha(alpha):
 def test_counting_eval_covers_every_number_once():
     tok, train_data, val_data = load_data(10_000)
     numbers = tok.decode(val_data).split(",")[1:-1]  # the first one is cut off by the split
-    for per_window in (None, 1):
-        ev = CountingEval(val_data, block_size=24, per_window=per_window)
-        assert [ev.number(k) for k in range(ev.n)] == numbers
-        scored = torch.zeros(ev.n, dtype=torch.long)
-        for w, ws in enumerate(ev.ws.tolist()):
-            first = 1 + w * ev.per_window
-            final = min(first + ev.per_window, ev.n) - 1
-            assert ws == ev.commas[first - 1] and val_data[ws] == 0  # each window opens with ',' + a number
-            assert ev.commas[final + 1] - ws <= ev.T <= 24            # and holds all it scores
-            scored[first:final + 1] += 1
-        assert scored[0] == 0 and torch.all(scored[1:] == 1)
-    assert CountingEval(val_data, 24).per_window == 3 and CountingEval(val_data, 32).per_window == 5
+    ev = CountingEval(val_data, block_size=24)
+    assert [ev.number(k) for k in range(ev.n)] == numbers and ev.per_window == 3
+    scored = torch.zeros(ev.n, dtype=torch.long)
+    for w, ws in enumerate(ev.ws.tolist()):
+        first, last = 1 + w * ev.per_window, min(1 + (w + 1) * ev.per_window, ev.n) - 1
+        assert (ev.first[w], ev.last[w]) == (first, last)
+        assert ws == ev.commas[first - 1] and val_data[ws] == 0  # each window opens with ',' + a number
+        assert ev.commas[last + 1] - ws <= ev.T <= 24              # and holds all it scores
+        scored[first:last + 1] += 1
+    assert scored[0] == 0 and torch.all(scored[1:] == 1) and ev.scores == ev.n - 1
+    assert CountingEval(val_data, 32).per_window == 5
     with pytest.raises(ValueError, match="block_size"):
         CountingEval(val_data, block_size=9)
+
+
+def test_counting_eval_every_start_scores_what_each_prompt_writes_in_its_window():
+    _, _, val_data = load_data(10_000)
+    ev = CountingEval(val_data, block_size=24, every_start=True)
+    assert ev.first.tolist() == list(range(1, ev.n)) and ev.T <= 24  # a window at every number
+    scored = torch.zeros(ev.n, dtype=torch.long)
+    for w, ws in enumerate(ev.ws.tolist()):
+        first, last = int(ev.first[w]), int(ev.last[w])
+        assert ws == ev.commas[first - 1] and first <= last
+        assert ev.commas[last + 1] - ws <= 24                       # every number it scores ends inside
+        assert last == ev.n - 1 or ev.commas[last + 2] - ws > 24    # and the next one does not
+        scored[first:last + 1] += 1
+    # 4-digit numbers: ',p,' then 3 more in 24 tokens, so each number from 3 prompts (fewer at the start)
+    assert scored[0] == 0 and scored[1:3].tolist() == [1, 2] and torch.all(scored[3:] == 3)
+    assert ev.scores == int(scored.sum())
+    short = CountingEval(load_data(100)[1], block_size=24, every_start=True)  # ,0,1,...,89,
+    assert short.number(short.last[0]) == "10"  # ',0,' then 1,2,...,9,10 end within 24 tokens
 
 
 class Oracle(torch.nn.Module):
@@ -191,13 +211,15 @@ class Oracle(torch.nn.Module):
         return logits, None
 
 
-@pytest.mark.parametrize("per_window", [None, 1])
-def test_counting_eval_scores_exactly(per_window):
+@pytest.mark.parametrize("every_start", [False, True])
+def test_counting_eval_scores_exactly(every_start):
     _, _, val_data = load_data(10_000)
-    ev = CountingEval(val_data[:600], block_size=16, per_window=per_window)
+    ev = CountingEval(val_data[:600], block_size=16, every_start=every_start)
     assert ev(Oracle()).accuracy == 1.0
     result = ev(Oracle(break_after=ev.number(20)))
-    assert result.correct == result.total - 1 and f"-> {ev.number(21)}, argmax gave" in result.failures[0]
+    assert result.correct == result.total - 1 and result.ok.tolist().index(False) == 20
+    # the failure shows the window's text up to the number
+    assert f",{ev.number(20)}, -> {ev.number(21)}, argmax gave '{ev.number(21)[:-1]}0,'" in result.failures[0]
     assert "counting accuracy 100.000%" in ev(Oracle()).summary()
 
 
@@ -288,32 +310,37 @@ def test_trained_gpt_counts_held_out(trained):
     assert result.accuracy == 1.0, result.summary()  # the fixture stops only when this holds
 
 
-def test_every_one_number_prompt_continues(trained):
-    """Every k, alone, as a user's prompt (after the comma gpt.py puts in front): k+1 comes next."""
+def test_every_prompt_continues_to_the_end_of_its_window(trained):
+    """Every k as a user's prompt (after the comma gpt.py puts in front), and every longer prompt
+    k,k+1,...: the model writes the numbers that follow, right to the end of the window."""
     model, train_data, val_data, _, _ = trained
-    result = CountingEval(torch.cat([train_data, val_data]), 24, per_window=1)(model)
+    result = CountingEval(torch.cat([train_data, val_data]), 24, every_start=True)(model)
     assert result.accuracy == 1.0, result.summary()
 
 
 def test_sample_mode_continues_a_prompt_as_a_user_types_it(trained):
-    """--mode=sample as a user types it (with or without the comma in front): the next number is
-    what the exhaustive one-number-prompt check guarantees. (The numbers after it are not
-    guaranteed: at 1 thread this model continued 97, as 97,98,99,10.)"""
+    """--mode=sample as a user types it, with or without the comma in front: what the check of
+    every prompt guarantees, the count on to the end of the window."""
     out_dir = trained[4]
-    for prompt, want in [("5,", "5,6,"), ("97,", "97,98,"), ("10,", "10,11,"), ("999,", "999,1000,"),
-                         (",8,", "8,9,"), ("9998,", "9998,9999,")]:
-        r = run("gpt.py", "--mode=sample", f"--out_dir={out_dir}", f"--prompt={prompt}", "--max_new_tokens=8")
-        assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith(want), (prompt, r.stdout, r.stderr)
+    for prompt in ["5,", "97,", "10,", "999,", ",8,", "9998,", "41,42,43,", "0,"]:
+        first = int(prompt.strip(",").split(",")[0])
+        text = "," + ",".join(str(n) for n in range(first, first + 30)) + ","
+        want = text[1:text.rindex(",", 0, 25) + 1]  # the numbers that end in a window of 24 (+1)
+        r = run("gpt.py", "--mode=sample", f"--out_dir={out_dir}", f"--prompt={prompt}",
+                f"--max_new_tokens={len(want) - len(prompt.lstrip(','))}")
+        assert r.returncode == 0 and r.stdout.splitlines()[-1] == want, (prompt, r.stdout, r.stderr)
 
 
-def test_metric_agrees_with_generation(trained, tmp_path):
-    """The teacher-forced metric says number k is right exactly when greedy generation,
-    given the same text, writes it. Checked on a half-trained model, so both cases occur."""
+@pytest.mark.parametrize("every_start", [False, True])
+def test_metric_agrees_with_generation(trained, tmp_path, every_start):
+    """The teacher-forced metric says number k is right exactly when greedy generation, given
+    the text before k in each window that scores k, writes k in every one of them. Checked on a
+    half-trained model, so both cases occur."""
     _, _, val_data, _, _ = trained
     with contextlib.redirect_stdout(io.StringIO()):
         gpt.main(tiny(f"--out_dir={tmp_path}", "--max_iters=300", "--eval_interval=300", "--stop_at_100=False"))
     model = load_model(tmp_path)
-    ev = CountingEval(val_data, 24)
+    ev = CountingEval(val_data, 24, every_start=every_start)
     result = ev(model)
     # every carry of 3+ digits, and about 40 numbers it gets right and 40 it gets wrong
     carries = [k for k in range(1, ev.n) if ev.number(k).endswith("000")]
@@ -323,10 +350,14 @@ def test_metric_agrees_with_generation(trained, tmp_path):
     tok = Tokenizer()
     agree = []
     for k in sample:
-        context = ev.context(k).long()
-        out = model.generate(context[None], len(ev.number(k)) + 1, temperature=0.0)
-        generated = tok.decode(out[0, len(context):])
-        agree.append((generated == ev.number(k) + ",") == bool(result.ok[k - 1]))
+        windows = ((ev.first <= k) & (ev.last >= k)).nonzero().squeeze(1).tolist()
+        assert len(windows) == (1 if not every_start else min(k, 3))  # 5-digit numbers, 24 tokens
+        written = []
+        for w in windows:
+            context = val_data[ev.ws[w]:ev.commas[k] + 1].long()
+            out = model.generate(context[None], len(ev.number(k)) + 1, temperature=0.0)
+            written.append(tok.decode(out[0, len(context):]) == ev.number(k) + ",")
+        agree.append(all(written) == bool(result.ok[k - 1]))
     assert all(agree)
     oks = [bool(result.ok[k - 1]) for k in sample]
     assert any(oks) and not all(oks), "the sample should hold both right and wrong numbers"
@@ -486,7 +517,9 @@ def test_bfloat16_training_still_counts(tmp_path, capsys):
     (["--mode=sample", "--out_dir=/nonexistent/countgpt"], "no checkpoint at /nonexistent/countgpt/ckpt.pt"),
     (["--init_from=resume", "--out_dir=/nonexistent/countgpt"], "no checkpoint at /nonexistent/countgpt/ckpt.pt"),
 ])
-def test_bad_input_is_one_clear_line(args, message, capsys):
+def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
+    # never the default out_dir: a user's own out/ckpt.pt must not change what these tests see
+    args = args + ([] if any(a.startswith("--out_dir=") for a in args) else [f"--out_dir={tmp_path}"])
     with pytest.raises(SystemExit) as exit_info:
         gpt.main(args + (["--device=cpu"] if "device" not in args[0] else []))
     err = capsys.readouterr().err
@@ -607,7 +640,7 @@ def test_checkpoint_round_trip_and_atomic_save(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16))
     optimizer = torch.optim.AdamW(model.parameters())
-    cfg, _ = gpt.parse_args(["--block_size=16", "--n_layer=1", "--n_head=2", "--n_embd=16"])
+    cfg, _ = gpt.parse_args(["--block_size=16", "--n_layer=1", "--n_head=2", "--n_embd=16", f"--out_dir={tmp_path}"])
     path = str(tmp_path / "ckpt.pt")
     gpt.save_checkpoint(path, model, model, optimizer, 7, cfg)
     ckpt = gpt.load_checkpoint(path)
