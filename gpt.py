@@ -569,9 +569,10 @@ def report(model, checks, r, cfg, ctx):
             took = f" ({time.perf_counter() - t:.1f}s)"
         if name in r:
             print(f"{name}{took}: {r[name].summary()}")
-        if name == "whole text" and name in r:
-            print(f"  from every start: {len(check.ws):,} prompts k, each written on to the end of "
-                  f"its window, {check.scores:,} numbers in all")
+    if "whole text" in r:
+        whole = checks.whole_text
+        print(f"  from every start: {len(whole.ws):,} prompts k, each written on to the end of its "
+              f"window, {whole.scores:,} numbers in all")
     if checks.whole_text:
         if "from 0," not in r:
             r["from 0,"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]

@@ -331,15 +331,22 @@ def test_sample_mode_continues_a_prompt_as_a_user_types_it(trained):
         assert r.returncode == 0 and r.stdout.splitlines()[-1] == want, (prompt, r.stdout, r.stderr)
 
 
+@pytest.fixture(scope="module")
+def half_trained(tmp_path_factory):
+    """The tiny GPT after 300 steps: it gets some held-out numbers right and some wrong."""
+    out_dir = tmp_path_factory.mktemp("half_trained")
+    with contextlib.redirect_stdout(io.StringIO()):
+        gpt.main(tiny(f"--out_dir={out_dir}", "--max_iters=300", "--eval_interval=300", "--stop_at_100=False"))
+    return load_model(out_dir)
+
+
 @pytest.mark.parametrize("every_start", [False, True])
-def test_metric_agrees_with_generation(trained, tmp_path, every_start):
+def test_metric_agrees_with_generation(trained, half_trained, every_start):
     """The teacher-forced metric says number k is right exactly when greedy generation, given
     the text before k in each window that scores k, writes k in every one of them. Checked on a
     half-trained model, so both cases occur."""
     _, _, val_data, _, _ = trained
-    with contextlib.redirect_stdout(io.StringIO()):
-        gpt.main(tiny(f"--out_dir={tmp_path}", "--max_iters=300", "--eval_interval=300", "--stop_at_100=False"))
-    model = load_model(tmp_path)
+    model = half_trained
     ev = CountingEval(val_data, 24, every_start=every_start)
     result = ev(model)
     # every carry of 3+ digits, and about 40 numbers it gets right and 40 it gets wrong
