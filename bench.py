@@ -9,6 +9,9 @@ Benchmarks for gpt.py, printed as tables: the figures in README.md come from her
     python bench.py --scale=True       # also: how the cost grows with max_num, 10K to 10M
                                        # (about 20 minutes)
     python bench.py --compile_check=True --peer=False   # also: is torch.compile faster here?
+    python bench.py --sweep=True       # instead: 8 seeds x 4 floating-point paths, each to
+                                       # max_iters, in parallel (hours on 2 cores)
+    python bench.py --sweep=True --sweep_tiny=True      # the same for the tests' tiny config
 
 Training runs in this process skip gpt.py's whole-text check (--full_check=False), so each stops
 at its first evaluation with every held-out number right; training time excludes evaluation
@@ -23,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -40,11 +44,27 @@ ablations = False     # one run per variant in ABLATIONS
 scale = False         # python gpt.py at max_num 10K, 100K, 1M and 10M: steps, time, memory
 # time training steps eager vs torch.compile (the compile flag's default rests on this)
 compile_check = False
+sweep = False         # train seeds 1..sweep_seeds on every floating-point path, in parallel
+sweep_seeds = 8
+sweep_paths = 4       # the first this many of PATHS (3: all but bfloat16, which is slow on a CPU)
+sweep_tiny = False    # sweep the tests' tiny config instead of gpt.py's defaults
+sweep_args = ""       # gpt.py settings for every run of the sweep, e.g. "--n_head=8"
 out_dir = "out/bench"
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and type(v) in (int, float, bool, str)}
 
+# the tests' tiny GPT (test_gpt.py trains it): 100,000 numbers, 48 wide, windows of 24
+TINY = ["--max_num=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block_size=24",
+        "--batch_size=32", "--max_iters=3000", "--eval_interval=100", "--learning_rate=3e-3",
+        "--min_lr=0", "--eval_iters=2", "--full_check=False", "--long_count=0",
+        "--max_new_tokens=0", "--device=cpu"]
+# the floating-point paths of the sweep: each acts as another seed. One thread each, so that a
+# run is the same whatever else runs beside it; ATEN_CPU_CAPABILITY picks torch's CPU kernels.
+PATHS = [("this CPU's kernels", {}, []),
+         ("AVX2 kernels", {"ATEN_CPU_CAPABILITY": "avx2"}, []),
+         ("no vector kernels", {"ATEN_CPU_CAPABILITY": "default"}, []),
+         ("bfloat16 autocast", {}, ["--dtype=bfloat16"])]
 # each run starts from scratch in its out_dir, replacing the last one's checkpoint
 QUIET = ["--init_from=scratch", "--full_check=False", "--long_count=0", "--max_new_tokens=0"]
 # what a learner would copy from ng-video-lecture (Karpathy's "Let's build GPT")
@@ -62,9 +82,17 @@ ABLATIONS = [  # the rows of README's "What mattered" table
 
 def train(args, out_dir):
     """One gpt.py training run in this process, its printout kept quiet. Returns gpt.main's
-    summary."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return gpt.main(QUIET + [f"--out_dir={out_dir}"] + args)
+    summary. Stopped by a signal, bench.py ends: its runs are not worth resuming."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            return gpt.main(QUIET + [f"--out_dir={out_dir}"] + args)
+    except SystemExit as e:
+        if isinstance(e.code, int) and e.code > 128:
+            print("interrupted: bench.py stopped (run it again to measure)", file=sys.stderr)
+        else:
+            print(err.getvalue(), end="", file=sys.stderr)
+        raise
 
 
 def run_gpt(args):
@@ -127,12 +155,81 @@ def row(name, r):
             f"{1000 * r['train_time'] / max(r['iters'], 1):.1f} | {r['tokens_per_s']:,.0f} |")
 
 
+def with_settings(args):
+    """--key=value arguments where a later one replaces an earlier one of the same key."""
+    return list({a.split("=")[0]: a for a in args}.values())
+
+
+def sweep_run(job):
+    """One run of the sweep, `python gpt.py` in a fresh process on one thread: what it printed,
+    read back into the figures of the sweep's table."""
+    name, env, args, seed, out_dir = job
+    p = subprocess.run([sys.executable, "gpt.py", *args, f"--seed={seed}", f"--out_dir={out_dir}"],
+                       cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    out = p.stdout + p.stderr
+    with open(os.path.join(out_dir, "printed.txt"), "w") as f:
+        f.write(out)
+    if p.returncode not in (0, 3):  # 3: trained, but does not count every number
+        sys.exit(f"python gpt.py {' '.join(args)} --seed={seed} ({name}) failed:\n{out}")
+    check = r"\n{}[^:\n]*: counting accuracy (\S+) \(\d+/\d+\), margin (\S+)"
+    return {"path": name, "seed": seed, "counts": p.returncode == 0,
+            "first": found(r"every check right after (\d+) steps", out, None),
+            "stopped": found(r"stopped at step (\d+)", out),
+            **{key: re.search(check.format(label), out) for key, label in (
+                ("held", "held-out"), ("whole", "whole text"), ("beyond", "beyond the text"))},
+            "stretch": found(r"\nstretch, [^:]*: (\w+)", out)}
+
+
+def run_sweep(cfg):
+    """Seeds 1..sweep_seeds on each floating-point path, as many runs at once as there are
+    cores, each trained to max_iters (--stop_at_100=False): when every check was first right,
+    and whether every check is still right at the end, with the margins."""
+    base = TINY + ["--full_check=True"] if cfg.sweep_tiny else ["--max_new_tokens=0"]
+    paths = PATHS[:cfg.sweep_paths] \
+        + [("CUDA, --dtype=auto", {}, ["--device=cuda"])] * torch.cuda.is_available()
+    jobs = [(name, env, with_settings(base + args + cfg.sweep_args.split() + [
+        "--init_from=scratch", "--stop_at_100=False"]), seed,
+        os.path.join(cfg.out_dir, "sweep", f"{i}-{seed}"))
+        for i, (name, env, args) in enumerate(paths) for seed in range(1, cfg.sweep_seeds + 1)]
+    for job in jobs:
+        os.makedirs(job[4], exist_ok=True)
+    print(f"\n## Sweep: {'the tiny config' if cfg.sweep_tiny else 'gpt.py defaults'} "
+          f"{cfg.sweep_args}, seeds 1-{cfg.sweep_seeds} x {len(paths)} paths, each to max_iters, "
+          f"{os.cpu_count()} at once\n\n| path | seed | every check first right at step | at the end "
+          f"| held-out margin | whole-text margin | beyond the text | margin | stretch |\n"
+          f"|---|---|---|---|---|---|---|---|---|", flush=True)
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        results = []
+        for r in pool.map(sweep_run, jobs):
+            results.append(r)
+            cells = [r["path"], r["seed"], r["first"] or "never",
+                     "every check right" if r["counts"] else "NOT all right"]
+            cells += [r["held"][2] if r["held"] else "-", r["whole"][2] if r["whole"] else "-"]
+            cells += [r["beyond"][1], r["beyond"][2]] if r["beyond"] else ["-", "-"]
+            print("| " + " | ".join(map(str, cells + [r["stretch"]])) + " |", flush=True)
+    firsts = sorted(int(r["first"]) for r in results if r["first"])
+    margins = [float(r[k][2]) for r in results for k in ("held", "whole") if r[k]]
+    print(f"{len(firsts)}/{len(results)} runs had every check right at some evaluation (step "
+          f"median {statistics.median(firsts) if firsts else '-'}, max "
+          f"{max(firsts) if firsts else '-'}); {sum(r['counts'] for r in results)}/{len(results)} "
+          f"at the end; smallest margin {min(margins) if margins else float('nan'):.2f}")
+
+
 def main(argv):
     cfg, _ = parse_settings(argv, DEFAULTS, __file__)
     if cfg.gen_numbers > 10_000:
         fail(f"--gen_numbers={cfg.gen_numbers} is more than the 10,000 held-out numbers a stream "
              f"can count on; use at most 10000")
+    if os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt")) \
+            and not os.path.exists(os.path.join(cfg.out_dir, "BENCH")):
+        fail(f"--out_dir={cfg.out_dir} holds a trained model, and bench.py trains over its out_dir; "
+             f"pick another --out_dir")
     gpt.lock_out_dir(cfg.out_dir)  # a bad --out_dir is refused before any work
+    with open(os.path.join(cfg.out_dir, "BENCH"), "w") as f:  # bench.py may replace what is here
+        f.write("bench.py's runs: each bench run replaces them\n")
+    if cfg.sweep:
+        return run_sweep(cfg)
     torch.manual_seed(0)
     device = pick_device()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
@@ -250,6 +347,9 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
+    except KeyboardInterrupt:
+        print("interrupted: bench.py stopped (run it again to measure)", file=sys.stderr)
+        sys.exit(130)
     except BrokenPipeError:  # the reader of the output stopped early (| head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

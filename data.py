@@ -10,11 +10,19 @@ This file builds the text, the Tokenizer, the train/val split, get_batch (random
 windows), StepSampler (which windows: the rare steps far more often than the text has them)
 and CountingEval (the exhaustive counting check, which scores every number exactly).
 
-    python data.py            # prints the text, the vocabulary, the split and how long it takes
+    python data.py               # prints the text, the vocabulary, the split and how long it takes
+    python data.py --max_num=100 # the same for a shorter text (--help lists the settings)
 """
+import sys
 import time
 
 import torch
+
+# -----------------------------------------------------------------------------
+# settings of `python data.py`, each can be overridden on the command line as --key=value
+max_num = 1_000_000        # the text is ",0,1,2,...,max_num-1,"
+block_size = 32            # the window of the held-out check
+# -----------------------------------------------------------------------------
 
 VOCAB = ",0123456789"  # ',' -> 0, '0' -> 1, ..., '9' -> 10 (the tutorial's mapping)
 COMMA, ZERO, NINE = 0, 1, 10
@@ -247,10 +255,16 @@ class CountingEval:
         model.eval()
         wrong = torch.zeros(self.n, dtype=torch.bool, device=self.padded.device)
         failures = {}  # number -> what went wrong, for the first few wrong numbers
+        margin = float("inf")
         for pos, number, scored in self.batches(batch_size):                  # (B, T) each
             x, y = self.padded[pos].long(), self.padded[pos + 1].long()        # (B, T) each
             logits, _ = model(x)                                               # (B, T, V)
             pred = logits.argmax(dim=-1)                                       # (B, T)
+            # the margin: the right token's logit minus the best wrong one's
+            logits = logits.float()
+            right = logits.gather(-1, y[..., None]).squeeze(-1)
+            best_wrong = logits.scatter(-1, y[..., None], float("-inf")).max(-1).values
+            margin = min(margin, float((right - best_wrong)[scored].min()))
             bad = scored & (pred != y)                                         # (B, T)
             wrong[number[bad]] = True
             if len(failures) < max_failures and bad.any():
@@ -264,7 +278,7 @@ class CountingEval:
                 break
         model.train(was_training)
         scored_to = int(number[scored].max()) + 1  # numbers 1 .. scored_to-1 were scored
-        return CountingResult(self, wrong[1:scored_to].cpu(), sorted(failures.items()))
+        return CountingResult(self, wrong[1:scored_to].cpu(), sorted(failures.items()), margin)
 
     def failure(self, k, pos, pred):
         """What one window (positions pos (T,), argmaxes pred (T,)) wrote for number k."""
@@ -272,6 +286,38 @@ class CountingEval:
         tok = Tokenizer()
         return (f"{tok.decode(self.data[ws:start + 1])} -> {self.number(k)}, argmax gave "
                 f"{tok.decode(pred[start - ws:end - ws])!r}")
+
+
+def beyond_spans(max_num):
+    """What the beyond-the-text check counts, for a text that ends at max_num-1, as (first, stop)
+    ranges of numbers, each counted on its own: max_num on for a tenth of the next power of ten
+    (1,000,000 .. 1,099,999 after 999,999), begun ten numbers earlier so that windows from the
+    text's own numbers reach max_num; then a few numbers around every later multiple of that
+    tenth below ten times it (1,100,000, 1,200,000, ..., 2,000,000, ..., 9,900,000): the carries
+    into the top digits. Returns (spans, stretch): stretch is the step to one digit longer still
+    (9,999,999 -> 10,000,000)."""
+    unit = 10 ** len(str(max_num - 1))  # the first number one digit longer than the text's
+    tenth = max(unit // 10, 1)
+    spans = [(max(max_num - 10, 0), max_num + tenth)]
+    first = -(-(max_num + tenth) // tenth) * tenth
+    spans += [(c - 3, c + 3) for c in range(first, 10 * unit, tenth)]
+    return spans, (10 * unit - 3, 10 * unit + 3)
+
+
+class SpansEval:
+    """CountingEval from every start over several separate counts (beyond_spans), as one
+    result. The data is built here, past anything the model was trained on."""
+
+    def __init__(self, spans, block_size, device="cpu"):
+        tok = Tokenizer()
+        self.evals = [CountingEval(tok.encode_tensor("," + counting_text(stop, first)).to(device),
+                                   block_size, every_start=True) for first, stop in spans]
+        self.spans = spans
+        self.first, self.last = spans[0][0] + 1, spans[-1][1] - 1  # the numbers it scores
+        self.n = 1 + sum(ev.n - 1 for ev in self.evals)           # as CountingEval counts them
+
+    def __call__(self, model):
+        return CountingResult.combine([ev(model) for ev in self.evals])
 
 
 def percent(correct, total, decimals=3):
@@ -286,7 +332,8 @@ def percent(correct, total, decimals=3):
 class CountingResult:
     """Accuracy overall, per carry class (trailing zeros of the number) and per digit length."""
 
-    def __init__(self, ev, wrong, failures):
+    def __init__(self, ev, wrong, failures, margin=float("nan")):
+        self.margin = margin  # the smallest (right logit - best wrong logit): > 0 when all right
         ok = ~wrong  # for numbers 1 .. n-1: number 0 of the data has no predecessor to count from
         self.ok = ok
         self.total, self.correct = len(ok), int(ok.sum())
@@ -294,6 +341,21 @@ class CountingResult:
         self.by_carry = self.by_class(ev.carries[1:len(ok) + 1], ok)
         self.by_length = self.by_class(ev.length[1:len(ok) + 1], ok)
         self.failures = [message for _, message in failures]
+
+    @classmethod
+    def combine(cls, results):
+        """One result for several checks, as if they were one."""
+        r = cls.__new__(cls)
+        r.ok = torch.cat([x.ok for x in results])
+        r.total, r.correct = len(r.ok), int(r.ok.sum())
+        r.accuracy = r.correct / r.total
+        r.margin = min(x.margin for x in results)
+        r.failures = [f for x in results for f in x.failures][:5]
+        for name in ("by_carry", "by_length"):
+            tables = [getattr(x, name) for x in results]
+            setattr(r, name, {c: tuple(sum(t[c][i] for t in tables if c in t) for i in (0, 1))
+                              for c in sorted(set().union(*tables))})
+        return r
 
     @staticmethod
     def by_class(cls, ok):
@@ -304,7 +366,7 @@ class CountingResult:
 
     def summary(self):
         lines = [f"counting accuracy {percent(self.correct, self.total)} "
-                 f"({self.correct}/{self.total})"]
+                 f"({self.correct}/{self.total}), margin {self.margin:.2f}"]
         for name, table in (("carry (trailing zeros)", self.by_carry), ("digits", self.by_length)):
             lines.append(f"  by {name}: " + ", ".join(f"{k}: {percent(c, t, 2)} of {t}"
                                                       for k, (c, t) in sorted(table.items())))
@@ -313,14 +375,21 @@ class CountingResult:
 
 
 if __name__ == "__main__":
+    from settings import fail, parse_settings  # settings.py imports this file: only here
+    cfg, _ = parse_settings(sys.argv[1:], {"max_num": max_num, "block_size": block_size},
+                            __file__)
+    if cfg.block_size < 2 * longest_number(cfg.max_num):
+        fail(f"--block_size={cfg.block_size} cannot hold two numbers of "
+             f"{longest_number(cfg.max_num) - 1} digits and their commas; use --block_size="
+             f"{2 * longest_number(cfg.max_num)} or more")
     t0 = time.perf_counter()
-    tok, train_data, val_data = load_data()
+    tok, train_data, val_data = load_data(cfg.max_num)
     elapsed = time.perf_counter() - t0
     print(f"text + tokens ready in {elapsed:.2f}s: {len(train_data) + len(val_data):,} tokens, "
           f"vocab {tok.vocab!r} (size {tok.vocab_size})")
     print(f"train {len(train_data):,} tokens, starts {tok.decode(train_data[:24])!r}")
     print(f"val   {len(val_data):,} tokens, starts {tok.decode(val_data[:24])!r}, "
           f"ends {tok.decode(val_data[-20:])!r}")
-    ev = CountingEval(val_data, block_size=32)
+    ev = CountingEval(val_data, cfg.block_size)
     print(f"held-out numbers to count: {ev.n - 1:,} ({ev.number(1)} .. {ev.number(ev.n - 1)}), "
           f"in {len(ev.ws):,} windows of {ev.T} tokens")

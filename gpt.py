@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -25,7 +26,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import CountingEval, StepSampler, Tokenizer, get_batch, load_data, longest_number, percent
+from data import (CountingEval, SpansEval, StepSampler, Tokenizer, beyond_spans, get_batch,
+                  load_data, longest_number, percent)
 from settings import check_settings, fail, parse_settings, pick_device, pick_dtype
 
 # -----------------------------------------------------------------------------
@@ -72,7 +74,8 @@ streams = 20               # ... in this many streams at once
 DEFAULTS = {k: v for k, v in globals().items()
             if not k.startswith("_") and type(v) in (int, float, bool, str)}
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size")  # a checkpoint fixes these (and seed)
-MACHINE_KEYS = ("mode", "init_from", "device", "dtype", "compile")  # never taken from a checkpoint
+# this run's own, never taken from a checkpoint: what to do, where, on which machine
+RUN_KEYS = ("mode", "init_from", "out_dir", "device", "dtype", "compile")
 
 
 # ------------------------------------------------------------------------------------------
@@ -86,6 +89,12 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 64
     dropout: float = 0.0
+    comma: int = 0  # the token that ends a number: each digit's place is counted from it
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
+                             f"each head gets n_embd // n_head channels")
 
 
 class KVCache:
@@ -94,7 +103,11 @@ class KVCache:
 
     def __init__(self, n_layer):
         self.k, self.v = [None] * n_layer, [None] * n_layer
-        self.pos = 0
+        self.tokens = None  # every token so far: a token's place in its number depends on them
+
+    @property
+    def pos(self):
+        return 0 if self.tokens is None else self.tokens.size(1)
 
     def add(self, layer, k, v):
         """Append one layer's new keys and values (B, n_head, T, head_size); return all of them."""
@@ -104,13 +117,21 @@ class KVCache:
         return k, v
 
 
+def digit_places(idx, comma):
+    """Each token's place in its number: 1 for the first digit after a comma, 2 for the next,
+    and so on; 0 for the comma itself, and for the digits of a number that began before the
+    window, whose place the window does not show. (B, T) token ids -> (B, T)."""
+    pos = torch.arange(1, idx.size(1) + 1, device=idx.device)                # (T,)
+    last_comma = torch.where(idx == comma, pos, 0).cummax(dim=1).values       # (B, T)
+    return torch.where(last_comma > 0, pos - last_comma, 0)
+
+
 class CausalSelfAttention(nn.Module):
     """Every position looks back at all earlier positions (never ahead) and takes a weighted
     average of what they offer. n_head heads do this in parallel, each on n_embd/n_head channels."""
 
     def __init__(self, config, layer):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value for all heads
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)      # mixes the heads' outputs
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -173,6 +194,8 @@ class Block(nn.Module):
 def sample_next_token(logits, temperature=0.0, top_k=0):
     """(B, vocab_size) logits -> (B, 1) next tokens: the most likely one (temperature 0), or one
     drawn from the softmax at this temperature, among the top_k most likely (0 = all)."""
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature={temperature} must be 0 (greedy) or positive")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
@@ -189,6 +212,7 @@ class GPT(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token -> vector
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position -> vector
+        self.wpl = nn.Embedding(config.block_size, config.n_embd)  # place in its number -> vector
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)
@@ -214,11 +238,14 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens is longer than "
                              f"block_size={self.config.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)           # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))                       # (B, T, C)
+        if cache is not None:  # a token's place in its number depends on the tokens before it
+            cache.tokens = idx if cache.tokens is None else torch.cat([cache.tokens, idx], dim=1)
+            places = digit_places(cache.tokens, self.config.comma)[:, -T:]  # (B, T)
+        else:
+            places = digit_places(idx, self.config.comma)                 # (B, T)
+        x = self.drop(self.wte(idx) + self.wpe(pos) + self.wpl(places))   # (B, T, C)
         for block in self.blocks:
             x = block(x, cache, weights)                                   # (B, T, C)
-        if cache is not None:
-            cache.pos += T
         logits = self.lm_head(self.ln_f(x))                                # (B, T, vocab_size)
         loss = None
         if targets is not None:
@@ -235,7 +262,11 @@ class GPT(nn.Module):
         (rather than one token per step) lets the key/value cache serve the next block_size // 2
         steps, and both paths, cached and uncached, see exactly the same context, so they give
         the same tokens."""
-        keep = self.config.block_size // 2
+        if idx.dim() != 2 or idx.size(1) == 0 or idx.is_floating_point() or idx.dtype == torch.bool:
+            raise ValueError(f"idx must be token ids of shape (B, T) with T >= 1, got "
+                             f"{idx.dtype} of shape {tuple(idx.shape)}")
+        keep = max(1, self.config.block_size // 2)
+        idx = idx.long()  # ids may come as bytes (Tokenizer.encode_tensor)
         context, cache, new_tokens = idx, None, []  # context (B, <= block_size): what it sees
         for _ in range(max_new_tokens):
             if context.size(1) > self.config.block_size:
@@ -264,7 +295,12 @@ def parse_args(argv):
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = None
     if cfg.mode != "train" or cfg.init_from == "resume":
-        ckpt = load_checkpoint(ckpt_path)
+        if cfg.mode == "train":  # lock first: another run must not save after we read
+            lock_out_dir(cfg.out_dir)
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+        except CheckpointError as e:
+            fail(str(e))
         # a resumed run goes on with the checkpoint's random stream, so its seed is fixed too
         fixed = MODEL_KEYS + (("seed",) if cfg.mode == "train" else ())
         for key, value in ckpt["settings"].items():
@@ -275,9 +311,10 @@ def parse_args(argv):
                 fail(f"the checkpoint in {cfg.out_dir} has {key}={value} but --{key}="
                      f"{getattr(cfg, key)} was given; drop --{key} (or train a new model with "
                      f"--init_from=scratch)")
-            if key in DEFAULTS and key not in given and key not in MACHINE_KEYS:
+            if key in DEFAULTS and key not in given and key not in RUN_KEYS:
                 setattr(cfg, key, value)
-        check_settings(cfg, DEFAULTS)  # the checkpoint's settings obey the same rules
+        # the checkpoint's settings obey the same rules
+        check_settings(cfg, DEFAULTS, origin=f"checkpoint {ckpt_path}", given=given)
     if cfg.n_embd % cfg.n_head:
         fail(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head}; "
              f"pick n_embd as a multiple of n_head")
@@ -341,7 +378,7 @@ def finite(*things):
     return True
 
 
-def save_checkpoint(path, model, ema, optimizer, iter_num, cfg):
+def save_checkpoint(path, model, ema, optimizer, iter_num, cfg, progress=None):
     """Write to a temporary file, then rename it over the old checkpoint: the rename is atomic,
     so a crash or kill mid-write leaves the previous checkpoint intact. "model" holds the
     averaged weights (what sampling uses), "train_model" the raw ones (what training resumes)."""
@@ -355,6 +392,8 @@ def save_checkpoint(path, model, ema, optimizer, iter_num, cfg):
         "model_config": asdict(model.config),
         "vocab": Tokenizer().vocab,
         "iter_num": iter_num,
+        # training seconds so far, and when held-out and every check were first right
+        "progress": progress or {"train_time": 0.0, "first_100": None, "first_all": None},
         "settings": {k: getattr(cfg, k) for k in DEFAULTS},
         # random states: the batches' (drawn on the CPU), and dropout's, drawn where the model is
         "rng": torch.get_rng_state(),
@@ -365,17 +404,46 @@ def save_checkpoint(path, model, ema, optimizer, iter_num, cfg):
     tmp = path + ".tmp"
     try:
         torch.save(ckpt, tmp)
+        with open(tmp, "rb+") as f:  # on the disk before the rename, so a power cut keeps one
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed"
+        raise SaveError(f"cannot save {path} ({reason}, {free_space(path)} free); the checkpoint "
+                        f"there before is kept: free space on that disk or make it writable")
     finally:
-        if os.path.exists(tmp):
+        if os.path.isfile(tmp):
             os.remove(tmp)
 
 
+def progress(train_time, first_100, first_all):
+    """What a resumed run needs to report as an unbroken one would."""
+    return {"train_time": train_time, "first_100": first_100, "first_all": first_all}
+
+
+class SaveError(Exception):
+    """A checkpoint could not be written (disk full, no permission); the old one is intact."""
+
+
+def free_space(path):
+    """The free space on path's disk, for an error message."""
+    try:
+        return f"{shutil.disk_usage(os.path.dirname(path) or '.').free / 2**20:,.0f} MB"
+    except OSError:
+        return "unknown"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or holds what gpt.py never writes."""
+
+
 def load_checkpoint(path):
-    """Load a checkpoint onto the CPU, safely (weights_only: no pickled code runs)."""
-    if not os.path.exists(path):
-        fail(f"no checkpoint at {path}; train one first with: python gpt.py "
-             f"(or point --out_dir at one)")
+    """Load a checkpoint onto the CPU, safely (weights_only: no pickled code runs), and check
+    that it holds what save_checkpoint writes, each value of the right kind. Raises
+    CheckpointError with a one-line message that says what to do."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}; train one first with: python gpt.py "
+                              f"(or point --out_dir at one)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         missing = {"model", "train_model", "optimizer", "model_config", "vocab", "iter_num",
@@ -384,11 +452,27 @@ def load_checkpoint(path):
             raise KeyError(f"missing {sorted(missing)}")
         GPTConfig(**ckpt["model_config"])
     except Exception as e:
-        fail(f"cannot read checkpoint {path} ({type(e).__name__}): it is corrupt or truncated; "
-             f"delete it and train again with: python gpt.py")
-    if ckpt["vocab"] != Tokenizer().vocab:
-        fail(f"checkpoint {path} has vocabulary {ckpt['vocab']!r}, not {Tokenizer().vocab!r}; "
-             f"train a new one")
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}): it is corrupt "
+                              f"or truncated; delete it and train again with: python gpt.py")
+    weights = [ckpt[k] for k in ("model", "train_model")]
+    problem = (
+        "vocabulary" if ckpt["vocab"] != Tokenizer().vocab else
+        "weights" if not all(isinstance(w, dict) and all(
+            isinstance(t, torch.Tensor) for t in w.values()) for w in weights) else
+        "weights that are not finite" if not all(
+            torch.isfinite(t).all() for w in weights for t in w.values() if t.is_floating_point())
+        else "settings" if not isinstance(ckpt["settings"], dict)
+        or not set(MODEL_KEYS + ("max_num", "seed")) <= ckpt["settings"].keys() else
+        "optimizer state" if not isinstance(ckpt["optimizer"], dict)
+        or not {"state", "param_groups"} <= ckpt["optimizer"].keys() else
+        f"iter_num={ckpt['iter_num']!r}" if type(ckpt["iter_num"]) is not int
+        or ckpt["iter_num"] < 0 else
+        "random state" if not isinstance(ckpt["rng"], torch.Tensor)
+        or ckpt["rng"].dtype != torch.uint8 else
+        "progress" if not isinstance(ckpt.get("progress", {}), dict) else None)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} holds {problem} that gpt.py never writes; "
+                              f"train a new one (or point --out_dir at another)")
     return ckpt
 
 
@@ -405,18 +489,22 @@ def resume_command(cfg):
 
 
 class StopOnSignal:
-    """Ctrl-C (SIGINT), or SIGTERM (what kill, timeout, docker stop and batch schedulers send),
-    asks training to stop after the current step, save and print how to resume. A second one
+    """Ctrl-C (SIGINT), SIGTERM (what kill, timeout, docker stop and batch schedulers send),
+    SIGHUP (the terminal closed, ssh dropped) or SIGQUIT (Ctrl-\\) asks training to stop after
+    the current step, save and print how to resume. A second signal, of any of these kinds,
     stops at once, as usual."""
+    NAMES = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")  # those this system has (Windows: 2)
 
     def __enter__(self):
         self.signum = None
-        self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.signal(s, self.request)
+                         for s in (getattr(signal, n) for n in self.NAMES if hasattr(signal, n))}
         return self
 
     def request(self, signum, frame):
         self.signum = signum
-        signal.signal(signum, self.previous[signum])
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
@@ -500,8 +588,10 @@ def count_on(model, prompts, wanted, ctx, use_cache=True):
 class Checks:
     """The exact checks of one model, built once: every held-out number (from the text before
     it in its window); the whole text from every start, as the prompt `k,` shows it and on to
-    the end of its window (k+1, k+2, k+3 for six digits); the count from "0," to 1,000; and the
-    long count: greedy streams from held-out numbers, each far past the context window."""
+    the end of its window (k+1, k+2, k+3 for six digits); the count from "0," to 1,000; beyond
+    the text: numbers past max_num-1, which the model never saw (beyond_spans); and the long
+    count: greedy streams from held-out numbers, and one from the text's end on past it, each
+    far past the context window."""
 
     def __init__(self, train_data, val_data, cfg):
         self.held_out = ev = CountingEval(val_data, cfg.block_size)
@@ -518,17 +608,29 @@ class Checks:
         self.long = [([ev.number(k) for k in range(s, s + 3)],
                       [ev.number(k) for k in range(s + 3, s + 3 + per_stream)])
                      for s in starts] if per_stream > 0 else []
+        # past the text: numbers the model never saw, and a stream that counts on into them
+        self.beyond = self.stretch = None
+        self.long_beyond = []
+        spans, stretch = beyond_spans(cfg.max_num)
+        if cfg.full_check and cfg.block_size >= 2 * len(str(stretch[1])) + 2:
+            self.beyond = SpansEval(spans, cfg.block_size, val_data.device)
+            self.stretch = SpansEval([stretch], cfg.block_size, val_data.device)
+            m = cfg.max_num
+            self.long_beyond = [([str(n) for n in range(m - 3, m)],
+                                 [str(n) for n in range(m, m + per_stream)])] * (per_stream > 0)
 
 
 @torch.no_grad()
-def evaluate(model, checks, splits, cfg, ctx):
+def evaluate(model, checks, splits, cfg, ctx, dear=True):
     """The losses, then the exact checks from the cheapest to the dearest, each only once the
-    ones before it are all right: every held-out number (seconds), the count from 0, (about a
-    second), every step of the whole text (about ten held-out checks' worth)."""
+    ones before it are all right: every held-out number (seconds), then, while dear, the count
+    from 0, (about a second) and every step of the whole text (about ten held-out checks' worth).
+    Training asks for the dear checks until they have all been right once; the final report runs
+    every check again."""
     r = {"loss": estimate_loss(model, splits, cfg, ctx)}
     with ctx:
         r["held-out"] = checks.held_out(model)
-    if checks.whole_text and r["held-out"].accuracy == 1:
+    if checks.whole_text and r["held-out"].accuracy == 1 and dear:
         r["from 0,"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]
         if r["from 0,"] is None:
             with ctx:  # only "all right?" matters here: the first wrong number ends the check
@@ -536,18 +638,17 @@ def evaluate(model, checks, splits, cfg, ctx):
     return r
 
 
-def all_right(r, cfg):
+def all_right(r, checks):
     """Whether an evaluation found every check it ran right, and ran every check there is."""
-    if r["held-out"].accuracy < 1:
-        return False
-    return not cfg.full_check or ("whole text" in r and r["whole text"].accuracy == 1)
+    names = ["held-out"] + ["whole text"] * bool(checks.whole_text)
+    return all(name in r and r[name].accuracy == 1 for name in names)
 
 
 def eval_line(iter_num, r, ms_per_step, train_time, eval_seconds):
     """One evaluation's results, on one line."""
     held_out = percent(r["held-out"].correct, r["held-out"].total)
     line = (f"step {iter_num:5d} | loss train {r['loss']['train']:.4f} val {r['loss']['val']:.4f} "
-            f"| held-out counting {held_out:>8} | ")
+            f"| held-out counting {held_out:>8} margin {r['held-out'].margin:5.2f} | ")
     if "from 0," in r:
         line += f"from 0, {'wrong' if r['from 0,'] else 'no error'} | "
     if "whole text" in r:
@@ -560,7 +661,8 @@ def eval_line(iter_num, r, ms_per_step, train_time, eval_seconds):
 def report(model, checks, r, cfg, ctx):
     """Every check, in full (what the last evaluation, with the same weights, did not finish
     is run now), then the model at work: a carry, the long count and the prompt."""
-    for name, check in (("held-out", checks.held_out), ("whole text", checks.whole_text)):
+    for name, check in (("held-out", checks.held_out), ("whole text", checks.whole_text),
+                        ("beyond the text", checks.beyond)):
         took = ""
         if check is not None and (name not in r or r[name].total < check.n - 1):  # not run in full
             t = time.perf_counter()
@@ -569,17 +671,28 @@ def report(model, checks, r, cfg, ctx):
             took = f" ({time.perf_counter() - t:.1f}s)"
         if name in r:
             print(f"{name}{took}: {r[name].summary()}")
-    if "whole text" in r:
-        whole = checks.whole_text
-        print(f"  from every start: {len(whole.ws):,} prompts k, each written on to the end of its "
-              f"window, {whole.scores:,} numbers in all")
+        if name == "whole text" and name in r:
+            print(f"  from every start: {len(check.ws):,} prompts k, each written on to the end of "
+                  f"its window, {check.scores:,} numbers in all")
+        if name == "beyond the text" and name in r:
+            print(f"  past the text, never seen in training: {cfg.max_num:,} to "
+                  f"{check.spans[0][1] - 1:,} from every start (and from the prompts before "
+                  f"{cfg.max_num:,} that reach them), and the numbers around each of "
+                  f"{len(check.spans) - 1} later carries into the top digits, to {check.last:,}")
+    if checks.stretch:
+        with ctx:
+            r["stretch"] = checks.stretch(model)
+        a, b = checks.stretch.spans[0]
+        print(f"stretch, {b - 4:,} -> {b - 3:,}: {'right' if r['stretch'].accuracy == 1 else 'wrong'}"
+              f" (numbers {a + 1:,}..{b - 1:,} from every start, margin {r['stretch'].margin:.2f})")
     if checks.whole_text:
         if "from 0," not in r:
             r["from 0,"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]
         print(f"counting from 0, to {checks.from_zero[-1]}: {r['from 0,'] or 'no error'}")
     ev = checks.held_out
     k = int(ev.carries[1:].argmax()) + 1  # the held-out number with the longest carry
-    shown = [ev.number(j) for j in range(k - 2, k + 4)]
+    first = max(0, min(k - 2, ev.n - 6))  # two numbers before it, three after, where there are
+    shown = [ev.number(j) for j in range(first, min(first + 6, ev.n))]
     idx = encode_prompt(",".join(shown[:2]) + ",")[None].to(ev.data.device)
     with ctx:
         out = model.generate(idx, len(",".join(shown[2:])), temperature=0.0)
@@ -592,10 +705,29 @@ def report(model, checks, r, cfg, ctx):
               f"{streams * per_stream:,} in all: "
               + (f"{len(wrong)} streams wrong, first: {wrong[0]}" if wrong else "no error")
               + f" ({tokens_per_s:,.0f} tokens/s)")
+        r["long count"] = next(iter(wrong), None)
+    if checks.long_beyond:
+        error = count_on(model, *zip(*checks.long_beyond), ctx)[0][0]
+        prompt, wanted = checks.long_beyond[0]
+        print(f"long count past the text: {','.join(prompt)}, on for {len(wanted):,} numbers: "
+              f"{error or 'no error'}")
     idx = encode_prompt(cfg.prompt)[None].to(ev.data.device)
     with ctx:
         out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k)
     print(f"prompt {cfg.prompt!r} -> {Tokenizer().decode(out[0, 1:])!r}")
+    # the verdict, on the numbers of the text (what lies beyond it is measured, not promised)
+    wrong = [name for name in ("held-out", "whole text") if name in r and r[name].accuracy < 1]
+    wrong += [name for name in ("from 0,", "long count") if r.get(name)]
+    r["counts"] = not wrong
+    margins = ", ".join(f"{name} {r[name].margin:.2f}" for name in ("held-out", "whole text")
+                        if name in r)
+    if wrong:
+        print(f"error: the model did not learn to count every number ({', '.join(wrong)} wrong; "
+              f"margin {margins}); try another --seed or a longer run (--max_iters)",
+              file=sys.stderr)
+    else:
+        print(f"it counts: every check right, margin {margins} (the right token's logit over "
+              f"the best wrong one's, at the closest call)")
     return r
 
 
@@ -744,6 +876,11 @@ def main(argv):
           f"{sum(p.numel() for p in model.parameters()):,} parameters, {cfg.n_layer} layers x "
           f"{cfg.n_head} heads x {cfg.n_embd} wide, block_size {cfg.block_size}")
     if cfg.mode == "sample":
+        last = int(re.findall(r"\d+", cfg.prompt)[-1])  # would the count go past the text?
+        if last + cfg.max_new_tokens // (len(str(last)) + 1) >= cfg.max_num:
+            print(f"note: the model was trained on the numbers 0 to {cfg.max_num - 1:,}; past "
+                  f"them it counts as far as the beyond-the-text check of --mode=eval shows",
+                  file=sys.stderr)
         with ctx:
             out = ema.generate(encode_prompt(cfg.prompt)[None].to(device), cfg.max_new_tokens,
                                temperature=cfg.temperature, top_k=cfg.top_k)
@@ -758,6 +895,8 @@ def main(argv):
     sampler = StepSampler(train_data, cfg.block_size, cfg.window_alpha) \
         if cfg.window_alpha < 1 else None
     train_data, val_data = train_data.to(device), val_data.to(device)
+    if cfg.mode == "eval":
+        cfg.full_check = True  # every check, whatever the model was trained with
     try:
         checks = Checks(train_data, val_data, cfg)
     except ValueError as e:
@@ -773,7 +912,11 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
     iter_num = 0
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            fail(f"the checkpoint in {cfg.out_dir} holds an optimizer state that does not fit the "
+                 f"model ({type(e).__name__}); train a new one")
         optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # else the saved one wins
         iter_num = ckpt["iter_num"]
         torch.set_rng_state(ckpt["rng"])
@@ -783,14 +926,18 @@ def main(argv):
     train_model = torch.compile(model) if cfg.compile else model
     params, ema_params = list(model.parameters()), list(ema.parameters())
 
-    # loop state
+    # loop state (a resumed run goes on with the checkpoint's)
+    so_far = ckpt.get("progress", {}) if ckpt is not None else {}
     first_iter = iter_num   # where this run started (a resumed run starts later)
-    train_time = 0.0        # seconds of training steps, evaluation not counted
+    train_time = so_far.get("train_time", 0.0)  # seconds of training steps, not evaluation
     eval_time = 0.0         # seconds of evaluation
-    first_100 = None        # (step, train_time) when every held-out number was first right
+    first_100 = so_far.get("first_100")  # (step, train_time) when held-out was first all right
+    first_all = so_far.get("first_all")  # the step when every check was first right
     r = {}                  # the results of the last evaluation
     last_loss = None        # the last step's loss, left on the device (read at evaluations only)
     stop = None             # why the loop ends
+    saved = first_iter if ckpt is not None else None  # the step of the checkpoint on disk
+    save_error = None
     interval_start, interval_iter = time.perf_counter(), iter_num  # since the last evaluation
     with StopOnSignal() as signals:
         while True:
@@ -810,12 +957,18 @@ def main(argv):
                     stop = "interrupted"
                 else:
                     t_eval = time.perf_counter()
-                    r = evaluate(ema, checks, {"train": train_data, "val": val_data}, cfg, ctx)
+                    r = evaluate(ema, checks, {"train": train_data, "val": val_data}, cfg, ctx,
+                                 dear=first_all is None)
                     eval_time += time.perf_counter() - t_eval
                     if not finite(*r["loss"].values()):  # finite weights can still overflow
                         stop = "diverged"
                     else:
-                        save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
+                        try:
+                            save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg,
+                                            progress(train_time, first_100, first_all))
+                            saved = iter_num
+                        except SaveError as e:
+                            stop, save_error = "save failed", e
                         evaluated = True
                         ms_per_step = 1000 * interval / max(iter_num - interval_iter, 1)
                         print(eval_line(iter_num, r, ms_per_step, train_time,
@@ -824,11 +977,14 @@ def main(argv):
                             first_100 = (iter_num, train_time)
                             print(f"every held-out number counted right after {iter_num} steps, "
                                   f"{train_time:.1f}s of training")
+                        if first_all is None and all_right(r, checks):
+                            first_all = iter_num
+                            print(f"every check right after {iter_num} steps")
                 interval_start, interval_iter = time.perf_counter(), iter_num
 
             # when to stop: every reason, in one place
             if stop is None:
-                if evaluated and cfg.stop_at_100 and all_right(r, cfg):
+                if evaluated and cfg.stop_at_100 and first_all == iter_num:
                     stop = "every check right"
                 elif out_of_steps:
                     stop = f"max_iters={cfg.max_iters} reached"
@@ -865,23 +1021,38 @@ def main(argv):
               f"overwritten.", file=sys.stderr)
         sys.exit(1)
     if stop == "interrupted":
-        save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg)
-        # on stderr, which still reaches the terminal when stdout goes through | tee
-        print(f"interrupted at step {iter_num}; saved {ckpt_path}. "
-              f"Resume with: {resume_command(cfg)}", file=sys.stderr)
+        try:
+            save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg,
+                            progress(train_time, first_100, first_all))
+            saved, message = iter_num, f"interrupted at step {iter_num}; saved {ckpt_path}."
+        except SaveError as e:
+            message = f"interrupted at step {iter_num}; error: {e}."
+        if saved is not None:
+            message += f" Resume{f' from step {saved}' if saved != iter_num else ''} with: " \
+                       f"{resume_command(cfg)}"
+        try:  # on stderr, which still reaches the terminal when stdout goes through | tee
+            print(message, file=sys.stderr)
+        except OSError:  # the terminal is gone (SIGHUP): the checkpoint is what matters
+            pass
         sys.exit(128 + signals.signum)
+    if stop == "save failed":
+        print(f"error: {save_error} (step {saved}); then resume with: {resume_command(cfg)}"
+              if saved is not None else f"error: {save_error}", file=sys.stderr)
+        sys.exit(1)
     print(f"stopped at step {iter_num} ({stop}): {train_time:.1f}s of training, "
           f"{eval_time:.1f}s of evaluation")
     r = report(ema, checks, r, cfg, ctx)
     tokens = (iter_num - first_iter) * cfg.batch_size * cfg.block_size
-    return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time,
-            "first_100": first_100, "correct": r["held-out"].correct, "total": r["held-out"].total,
+    return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time, "counts": r["counts"],
+            "first_100": first_100, "first_all": first_all, "correct": r["held-out"].correct, "total": r["held-out"].total,
             "tokens_per_s": tokens / max(train_time, 1e-9)}
 
 
 if __name__ == "__main__":
     try:
-        main(sys.argv[1:])
+        result = main(sys.argv[1:])
+        if result is not None and not result["counts"]:
+            sys.exit(3)  # the model does not count every number: scripts and CI should notice
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: nothing more to save
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -29,6 +29,8 @@ RULES = [
     ("eval_interval", lambda v: v >= 1, "at least 1"),
     ("eval_iters", lambda v: v >= 1, "at least 1"),
     ("runs", lambda v: v >= 1, "at least 1"),
+    ("sweep_seeds", lambda v: v >= 1, "at least 1"),
+    ("sweep_paths", lambda v: 1 <= v <= 4, "from 1 to 4"),
     ("gen_numbers", lambda v: v >= 1, "at least 1"),
     ("streams", lambda v: v >= 1, "at least 1"),
     ("max_iters", lambda v: v >= 0, "0 or more"),
@@ -103,11 +105,15 @@ def parse_settings(argv, defaults, path):
     return settings, given
 
 
-def check_settings(s, defaults):
+def check_settings(s, defaults, origin=None, given=()):
     """The rules above; whether the validation split holds a window and a few numbers; whether
-    the machine has the memory that max_num needs. All before any work is done."""
+    the machine has the memory that max_num needs. All before any work is done. origin: where
+    the settings not in `given` came from (a checkpoint), named instead of a flag."""
     for key, ok, must in RULES:
         if key in defaults and not ok(getattr(s, key)):
+            if origin and key not in given:
+                fail(f"{origin} has {key}={getattr(s, key)}, which must be {must}; train a new "
+                     f"one")
             fail(f"--{key}={getattr(s, key)} must be {must}; the default is {defaults[key]}")
     if "max_num" in defaults:
         # the validation split as data.load_data makes it, from numbers of at most `longest` chars
