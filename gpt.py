@@ -454,22 +454,28 @@ def load_checkpoint(path):
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}): it is corrupt "
                               f"or truncated; delete it and train again with: python gpt.py")
-    weights = [ckpt[k] for k in ("model", "train_model")]
-    problem = (
-        "vocabulary" if ckpt["vocab"] != Tokenizer().vocab else
-        "weights" if not all(isinstance(w, dict) and all(
-            isinstance(t, torch.Tensor) for t in w.values()) for w in weights) else
-        "weights that are not finite" if not all(
-            torch.isfinite(t).all() for w in weights for t in w.values() if t.is_floating_point())
-        else "settings" if not isinstance(ckpt["settings"], dict)
-        or not set(MODEL_KEYS + ("max_num", "seed")) <= ckpt["settings"].keys() else
-        "optimizer state" if not isinstance(ckpt["optimizer"], dict)
-        or not {"state", "param_groups"} <= ckpt["optimizer"].keys() else
-        f"iter_num={ckpt['iter_num']!r}" if type(ckpt["iter_num"]) is not int
-        or ckpt["iter_num"] < 0 else
-        "random state" if not isinstance(ckpt["rng"], torch.Tensor)
-        or ckpt["rng"].dtype != torch.uint8 else
-        "progress" if not isinstance(ckpt.get("progress", {}), dict) else None)
+    if ckpt["vocab"] != Tokenizer().vocab:
+        raise CheckpointError(f"checkpoint {path} has vocabulary {ckpt['vocab']!r}, not "
+                              f"{Tokenizer().vocab!r}; train a new one")
+    # every value of the kind save_checkpoint writes (a later check only runs if those before it
+    # passed, so it may rely on them)
+    weights = [ckpt["model"], ckpt["train_model"]]
+    settings, optimizer, iter_num = ckpt["settings"], ckpt["optimizer"], ckpt["iter_num"]
+    checks = [
+        (lambda: all(isinstance(w, dict) and all(isinstance(t, torch.Tensor) for t in w.values())
+                     for w in weights), "weights"),
+        (lambda: all(torch.isfinite(t).all() for w in weights for t in w.values()
+                     if t.is_floating_point()), "weights that are not finite"),
+        (lambda: isinstance(settings, dict)
+         and set(MODEL_KEYS + ("max_num", "seed")) <= settings.keys(), "settings"),
+        (lambda: isinstance(optimizer, dict) and {"state", "param_groups"} <= optimizer.keys(),
+         "optimizer state"),
+        (lambda: type(iter_num) is int and iter_num >= 0, f"iter_num={iter_num!r}"),
+        (lambda: isinstance(ckpt["rng"], torch.Tensor) and ckpt["rng"].dtype == torch.uint8,
+         "random state"),
+        (lambda: isinstance(ckpt.get("progress", {}), dict), "progress"),
+    ]
+    problem = next((what for ok, what in checks if not ok()), None)
     if problem:
         raise CheckpointError(f"checkpoint {path} holds {problem} that gpt.py never writes; "
                               f"train a new one (or point --out_dir at another)")
@@ -963,12 +969,6 @@ def main(argv):
                     if not finite(*r["loss"].values()):  # finite weights can still overflow
                         stop = "diverged"
                     else:
-                        try:
-                            save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg,
-                                            progress(train_time, first_100, first_all))
-                            saved = iter_num
-                        except SaveError as e:
-                            stop, save_error = "save failed", e
                         evaluated = True
                         ms_per_step = 1000 * interval / max(iter_num - interval_iter, 1)
                         print(eval_line(iter_num, r, ms_per_step, train_time,
@@ -980,6 +980,12 @@ def main(argv):
                         if first_all is None and all_right(r, checks):
                             first_all = iter_num
                             print(f"every check right after {iter_num} steps")
+                        try:
+                            save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg,
+                                            progress(train_time, first_100, first_all))
+                            saved = iter_num
+                        except SaveError as e:
+                            stop, save_error = "save failed", e
                 interval_start, interval_iter = time.perf_counter(), iter_num
 
             # when to stop: every reason, in one place
@@ -1036,8 +1042,9 @@ def main(argv):
             pass
         sys.exit(128 + signals.signum)
     if stop == "save failed":
-        print(f"error: {save_error} (step {saved}); then resume with: {resume_command(cfg)}"
-              if saved is not None else f"error: {save_error}", file=sys.stderr)
+        print(f"error: {save_error}, then resume from its step {saved} with: "
+              f"{resume_command(cfg)}" if saved is not None else f"error: {save_error}",
+              file=sys.stderr)
         sys.exit(1)
     print(f"stopped at step {iter_num} ({stop}): {train_time:.1f}s of training, "
           f"{eval_time:.1f}s of evaluation")

@@ -840,7 +840,7 @@ def test_a_save_that_fails_is_one_line_and_keeps_the_checkpoint(tmp_path, monkey
         gpt.main(tiny("--max_iters=40", "--eval_interval=20", f"--out_dir={tmp_path}", base=SMALL))
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
-    assert "cannot save" in err and "the checkpoint there before is kept" in err and "resume with: python" in err
+    assert "cannot save" in err and "the checkpoint there before is kept" in err and "then resume from its step 0 with: python" in err
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "lock"] and gpt.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
     monkeypatch.setattr(torch, "save", real_save)
     os.makedirs(tmp_path / "dir" / "ckpt.pt.tmp")  # in the way of the temporary file
