@@ -175,7 +175,6 @@ def sweep_run(job):
     check = r"\n{}[^:\n]*: counting accuracy (\S+) \(\d+/\d+\), margin (\S+)"
     return {"path": name, "seed": seed, "counts": p.returncode == 0,
             "first": found(r"every check right after (\d+) steps", out, None),
-            "stopped": found(r"stopped at step (\d+)", out),
             **{key: re.search(check.format(label), out) for key, label in (
                 ("held", "held-out"), ("whole", "whole text"), ("beyond", "beyond the text"))},
             "stretch": found(r"\nstretch, [^:]*: (\w+)", out)}
@@ -196,8 +195,9 @@ def run_sweep(cfg):
         os.makedirs(job[4], exist_ok=True)
     print(f"\n## Sweep: {'the tiny config' if cfg.sweep_tiny else 'gpt.py defaults'} "
           f"{cfg.sweep_args}, seeds 1-{cfg.sweep_seeds} x {len(paths)} paths, each to max_iters, "
-          f"{os.cpu_count()} at once\n\n| path | seed | every check first right at step | at the end "
-          f"| held-out margin | whole-text margin | beyond the text | margin | stretch |\n"
+          f"{os.cpu_count()} at once\n\n| path | seed | every check first right at step "
+          f"| at the end | held-out margin | whole-text margin | beyond the text | margin "
+          f"| stretch |\n"
           f"|---|---|---|---|---|---|---|---|---|", flush=True)
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         results = []
@@ -223,8 +223,8 @@ def main(argv):
              f"can count on; use at most 10000")
     if os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt")) \
             and not os.path.exists(os.path.join(cfg.out_dir, "BENCH")):
-        fail(f"--out_dir={cfg.out_dir} holds a trained model, and bench.py trains over its out_dir; "
-             f"pick another --out_dir")
+        fail(f"--out_dir={cfg.out_dir} holds a trained model, and bench.py trains over its "
+             f"out_dir; pick another --out_dir")
     gpt.lock_out_dir(cfg.out_dir)  # a bad --out_dir is refused before any work
     with open(os.path.join(cfg.out_dir, "BENCH"), "w") as f:  # bench.py may replace what is here
         f.write("bench.py's runs: each bench run replaces them\n")

@@ -313,7 +313,7 @@ class SpansEval:
         self.evals = [CountingEval(tok.encode_tensor("," + counting_text(stop, first)).to(device),
                                    block_size, every_start=True) for first, stop in spans]
         self.spans = spans
-        self.first, self.last = spans[0][0] + 1, spans[-1][1] - 1  # the numbers it scores
+        self.last = spans[-1][1] - 1                               # the last number it scores
         self.n = 1 + sum(ev.n - 1 for ev in self.evals)           # as CountingEval counts them
 
     def __call__(self, model):
@@ -378,18 +378,17 @@ if __name__ == "__main__":
     from settings import fail, parse_settings  # settings.py imports this file: only here
     cfg, _ = parse_settings(sys.argv[1:], {"max_num": max_num, "block_size": block_size},
                             __file__)
-    if cfg.block_size < 2 * longest_number(cfg.max_num):
-        fail(f"--block_size={cfg.block_size} cannot hold two numbers of "
-             f"{longest_number(cfg.max_num) - 1} digits and their commas; use --block_size="
-             f"{2 * longest_number(cfg.max_num)} or more")
     t0 = time.perf_counter()
     tok, train_data, val_data = load_data(cfg.max_num)
     elapsed = time.perf_counter() - t0
+    try:
+        ev = CountingEval(val_data, cfg.block_size)
+    except ValueError as e:  # the window is too short for two numbers
+        fail(f"{e} (--max_num={cfg.max_num}, --block_size={cfg.block_size})")
     print(f"text + tokens ready in {elapsed:.2f}s: {len(train_data) + len(val_data):,} tokens, "
           f"vocab {tok.vocab!r} (size {tok.vocab_size})")
     print(f"train {len(train_data):,} tokens, starts {tok.decode(train_data[:24])!r}")
     print(f"val   {len(val_data):,} tokens, starts {tok.decode(val_data[:24])!r}, "
           f"ends {tok.decode(val_data[-20:])!r}")
-    ev = CountingEval(val_data, cfg.block_size)
     print(f"held-out numbers to count: {ev.n - 1:,} ({ev.number(1)} .. {ev.number(ev.n - 1)}), "
           f"in {len(ev.ws):,} windows of {ev.T} tokens")

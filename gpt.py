@@ -689,8 +689,9 @@ def report(model, checks, r, cfg, ctx):
         with ctx:
             r["stretch"] = checks.stretch(model)
         a, b = checks.stretch.spans[0]
-        print(f"stretch, {b - 4:,} -> {b - 3:,}: {'right' if r['stretch'].accuracy == 1 else 'wrong'}"
-              f" (numbers {a + 1:,}..{b - 1:,} from every start, margin {r['stretch'].margin:.2f})")
+        right = "right" if r["stretch"].accuracy == 1 else "wrong"
+        print(f"stretch, {b - 4:,} -> {b - 3:,}: {right} (numbers {a + 1:,}..{b - 1:,} from "
+              f"every start, margin {r['stretch'].margin:.2f})")
     if checks.whole_text:
         if "from 0," not in r:
             r["from 0,"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]
@@ -1050,8 +1051,9 @@ def main(argv):
           f"{eval_time:.1f}s of evaluation")
     r = report(ema, checks, r, cfg, ctx)
     tokens = (iter_num - first_iter) * cfg.batch_size * cfg.block_size
-    return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time, "counts": r["counts"],
-            "first_100": first_100, "first_all": first_all, "correct": r["held-out"].correct, "total": r["held-out"].total,
+    return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time,
+            "counts": r["counts"], "first_100": first_100, "first_all": first_all,
+            "correct": r["held-out"].correct, "total": r["held-out"].total,
             "tokens_per_s": tokens / max(train_time, 1e-9)}
 
 
