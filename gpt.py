@@ -118,12 +118,20 @@ class KVCache:
 
 
 def digit_places(idx, comma):
-    """Each token's place in its number: 1 for the first digit after a comma, 2 for the next,
-    and so on; 0 for the comma itself, and for the digits of a number that began before the
-    window, whose place the window does not show. (B, T) token ids -> (B, T)."""
-    pos = torch.arange(1, idx.size(1) + 1, device=idx.device)                # (T,)
-    last_comma = torch.where(idx == comma, pos, 0).cummax(dim=1).values       # (B, T)
-    return torch.where(last_comma > 0, pos - last_comma, 0)
+    """Where each token stands in its number, counted both ways. (B, T) ids -> two (B, T).
+    left: 1 for the first digit after a comma, 2 for the next, and so on; 0 for a comma.
+    right, as the number before says (n+1 is as long as n, except after 9, 99, 999, ...):
+    2 for the digit that would be the ones, 3 for the tens, and so on; 1 for a digit past the
+    ones (the new digit of 99 -> 100); a comma gets the length of the number it ends, plus 2.
+    0 where the window does not show it: before its first comma (both), and in the number after
+    that one, whose predecessor it does not show (right)."""
+    pos = torch.arange(1, idx.size(1) + 1, device=idx.device)                  # (T,) from 1
+    last = torch.where(idx == comma, pos, 0).cummax(dim=1).values  # (B, T) last comma so far
+    before = torch.gather(F.pad(last[:, :-1], (2, 0)), 1, last)    # (B, T) the comma before it
+    left = torch.where(last > 0, pos - last, 0)
+    length = last - before - 1                                     # the number before's digits
+    right = torch.where(before > 0, length - left + 2, 0).clamp(min=0)  # 0 also: 2+ digits longer
+    return left, right
 
 
 class CausalSelfAttention(nn.Module):
@@ -212,7 +220,8 @@ class GPT(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token -> vector
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position -> vector
-        self.wpl = nn.Embedding(config.block_size, config.n_embd)  # place in its number -> vector
+        self.wpl = nn.Embedding(config.block_size, config.n_embd)  # place from the left -> vector
+        self.wpr = nn.Embedding(config.block_size + 1, config.n_embd)  # from the right -> vector
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)
@@ -240,10 +249,11 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, device=idx.device)           # (T,)
         if cache is not None:  # a token's place in its number depends on the tokens before it
             cache.tokens = idx if cache.tokens is None else torch.cat([cache.tokens, idx], dim=1)
-            places = digit_places(cache.tokens, self.config.comma)[:, -T:]  # (B, T)
+            left, right = (p[:, -T:] for p in digit_places(cache.tokens, self.config.comma))
         else:
-            places = digit_places(idx, self.config.comma)                 # (B, T)
-        x = self.drop(self.wte(idx) + self.wpe(pos) + self.wpl(places))   # (B, T, C)
+            left, right = digit_places(idx, self.config.comma)            # (B, T) each
+        x = self.wte(idx) + self.wpe(pos) + self.wpl(left) + self.wpr(right)  # (B, T, C)
+        x = self.drop(x)
         for block in self.blocks:
             x = block(x, cache, weights)                                   # (B, T, C)
         logits = self.lm_head(self.ln_f(x))                                # (B, T, vocab_size)
