@@ -900,8 +900,11 @@ def test_data_bigram_and_bench_as_a_careless_user_runs_them(tmp_path):
     (tmp_path / "ckpt.pt").write_bytes(b"a trained model")
     one_line_error(run("bench.py", f"--out_dir={tmp_path}"), "holds a trained model")
     assert (tmp_path / "ckpt.pt").read_bytes() == b"a trained model"
+    # Ctrl-C as in a terminal, even where the suite itself runs with SIGINT ignored (a background
+    # job of a script), which a child would otherwise inherit
     p = subprocess.Popen([sys.executable, "bigram.py", "--max_iters=100000000", "--eval_interval=100000000"],
-                         cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in p.stdout:
             if line.startswith("step     0"):
