@@ -89,7 +89,8 @@ def main(argv):
     for it in range(cfg.max_iters + 1):
         if it % cfg.eval_interval == 0 or it == cfg.max_iters:
             losses = estimate_loss(model, {"train": train_data, "val": val_data}, cfg, dev)
-            print(f"step {it:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f}", flush=True)
+            print(f"step {it:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f}",
+                  flush=True)
         if it == cfg.max_iters:
             break
         x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, dev)

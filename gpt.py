@@ -403,7 +403,7 @@ def save_checkpoint(path, model, ema, optimizer, iter_num, cfg, progress=None):
         "vocab": Tokenizer().vocab,
         "iter_num": iter_num,
         # training seconds so far, and when held-out and every check were first right
-        "progress": progress or {"train_time": 0.0, "first_100": None, "first_all": None},
+        "progress": progress or progress_so_far(0.0, None, None),
         "settings": {k: getattr(cfg, k) for k in DEFAULTS},
         # random states: the batches' (drawn on the CPU), and dropout's, drawn where the model is
         "rng": torch.get_rng_state(),
@@ -426,7 +426,7 @@ def save_checkpoint(path, model, ema, optimizer, iter_num, cfg, progress=None):
             os.remove(tmp)
 
 
-def progress(train_time, first_100, first_all):
+def progress_so_far(train_time, first_100, first_all):
     """What a resumed run needs to report as an unbroken one would."""
     return {"train_time": train_time, "first_100": first_100, "first_all": first_all}
 
@@ -993,7 +993,7 @@ def main(argv):
                             print(f"every check right after {iter_num} steps")
                         try:
                             save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg,
-                                            progress(train_time, first_100, first_all))
+                                            progress_so_far(train_time, first_100, first_all))
                             saved = iter_num
                         except SaveError as e:
                             stop, save_error = "save failed", e
@@ -1040,7 +1040,7 @@ def main(argv):
     if stop == "interrupted":
         try:
             save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg,
-                            progress(train_time, first_100, first_all))
+                            progress_so_far(train_time, first_100, first_all))
             saved, message = iter_num, f"interrupted at step {iter_num}; saved {ckpt_path}."
         except SaveError as e:
             message = f"interrupted at step {iter_num}; error: {e}."
