@@ -197,9 +197,10 @@ class CountingEval:
       is scored once, after the numbers before it in its window;
     - every_start: a window starts at every number p, as the prompt `p,` does, and runs for
       block_size tokens, as generation from that prompt sees it before it first drops context;
-      it scores every number that ends inside it (p+1, p+2, p+3 for six digits; more if
-      shorter). So a number counts as right only if every prompt whose window reaches it
-      writes it right.
+      it scores every token it predicts after p: p+1, p+2, p+3 and the first three digits of
+      p+4 for six digits (more numbers if shorter). So a number counts as right only if every
+      window that writes any of it writes it right. Generation drops context so that its window
+      again begins at a number (GPT.generate): these are all the windows it ever shows the model.
     The tables are tensors (no Python object per number), so the cost grows with the text."""
 
     def __init__(self, data, block_size, every_start=False):
@@ -218,13 +219,13 @@ class CountingEval:
         # window w scores numbers first[w] .. last[w]; it starts at the comma before first[w] - 1
         self.first = torch.arange(1, n, 1 if every_start else self.per_window, device=data.device)
         self.ws = self.commas[self.first - 1]
-        if every_start:  # every number whose comma falls inside the window's block_size tokens
-            last = torch.searchsorted(self.commas, self.ws + block_size, right=True) - 2
+        if every_start:  # the number of the window's last target, ws + block_size, perhaps in part
+            last = torch.searchsorted(self.commas, self.ws + block_size) - 1
         else:
             last = self.first + self.per_window - 1
         self.last = last.clamp(max=n - 1)
-        # the inputs run up to the last digit of last[w]
-        self.T = int((self.commas[self.last + 1] - self.ws).max())
+        # the inputs: the whole window, or up to the last digit of last[w]
+        self.T = block_size if every_start else int((self.commas[self.last + 1] - self.ws).max())
         self.scores = int((self.last - self.first + 1).sum())  # (window, number) pairs scored
         self.padded = torch.cat([data, torch.zeros(self.T, dtype=data.dtype, device=data.device)])
         # trailing zeros

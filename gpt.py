@@ -268,10 +268,13 @@ class GPT(nn.Module):
         sample_next_token from the model's prediction for the next token.
 
         The model sees the whole text while it fits in block_size. When it would not, the oldest
-        tokens are dropped and only the newest block_size // 2 kept. Dropping half at once
-        (rather than one token per step) lets the key/value cache serve the next block_size // 2
-        steps, and both paths, cached and uncached, see exactly the same context, so they give
-        the same tokens."""
+        tokens are dropped and only the newest block_size // 2 kept, from their first comma on
+        (in a batch, the first place where every row has one): the window then begins at a
+        number, as a prompt's does. A window that begins inside a number hides where that number
+        starts; the model may be wrong there even when the whole-text check, whose windows all
+        begin at a number, is right. Dropping half at once (rather than one token per step) lets
+        the key/value cache serve the next steps, and both paths, cached and uncached, see exactly
+        the same context, so they give the same tokens."""
         if idx.dim() != 2 or idx.size(1) == 0 or idx.is_floating_point() or idx.dtype == torch.bool:
             raise ValueError(f"idx must be token ids of shape (B, T) with T >= 1, got "
                              f"{idx.dtype} of shape {tuple(idx.shape)}")
@@ -280,7 +283,9 @@ class GPT(nn.Module):
         context, cache, new_tokens = idx, None, []  # context (B, <= block_size): what it sees
         for _ in range(max_new_tokens):
             if context.size(1) > self.config.block_size:
-                context, cache = context[:, -keep:], None        # overflow: keep the newest half
+                tail = context[:, -keep:]                         # overflow: keep the newest half
+                at_number = (tail == self.config.comma).all(dim=0)   # from its first comma on
+                context, cache = tail[:, int(at_number.int().argmax()):], None
             if not use_cache:
                 logits, _ = self(context)                        # recompute the whole context
             elif cache is None:

@@ -179,14 +179,15 @@ def test_counting_eval_every_start_scores_what_each_prompt_writes_in_its_window(
     for w, ws in enumerate(ev.ws.tolist()):
         first, last = int(ev.first[w]), int(ev.last[w])
         assert ws == ev.commas[first - 1] and first <= last
-        assert ev.commas[last + 1] - ws <= 24                       # every number it scores ends inside
-        assert last == ev.n - 1 or ev.commas[last + 2] - ws > 24    # and the next one does not
+        # it scores every token it predicts: the last one, ws + 24, is a digit or the comma of `last`
+        assert ev.commas[last] < ws + 24 <= ev.commas[last + 1] or last == ev.n - 1
         scored[first:last + 1] += 1
-    # 4-digit numbers: ',p,' then 3 more in 24 tokens, so each number from 3 prompts (fewer at the start)
-    assert scored[0] == 0 and scored[1:3].tolist() == [1, 2] and torch.all(scored[3:] == 3)
+    # 4-digit numbers: ',p,' then 3 more and the 4 digits of a fifth in 24 tokens, so each number
+    # from 4 prompts (fewer at the start)
+    assert scored[0] == 0 and scored[1:4].tolist() == [1, 2, 3] and torch.all(scored[4:] == 4)
     assert ev.scores == int(scored.sum())
     short = CountingEval(load_data(100)[1], block_size=24, every_start=True)  # ,0,1,...,89,
-    assert short.number(short.last[0]) == "10"  # ',0,' then 1,2,...,9,10 end within 24 tokens
+    assert short.number(short.last[0]) == "11"  # ',0,' then 1,2,...,9,10, and the 1 of 11
 
 
 class Oracle(torch.nn.Module):
@@ -396,9 +397,18 @@ def test_generate_crops_context_and_cache_matches(trained):
     assert long_prompt.shape[1] > model.config.block_size
     out = model.generate(long_prompt, 10, temperature=0.0)
     assert out.shape == (1, long_prompt.shape[1] + 10)
-    # only the newest block_size // 2 tokens of an over-long prompt matter
-    keep = long_prompt[:, -(model.config.block_size // 2):]
+    # only the newest block_size // 2 tokens of an over-long prompt matter, from their first comma
+    half = long_prompt[:, -(model.config.block_size // 2):]
+    keep = half[:, tok.decode(half[0]).index(","):]
+    assert 0 < keep.size(1) < half.size(1)
     assert torch.equal(out[:, -10:], model.generate(keep, 10, temperature=0.0)[:, -10:])
+    # every window generation shows the model begins at a number, as the whole-text check's do
+    firsts = []
+    hook = model.register_forward_pre_hook(lambda module, args: firsts.append(args[0][:, 0]))
+    model.generate(torch.tensor([tok.encode(",91998,91999,"), tok.encode(",95998,95999,")]), 100,
+                   temperature=0.0, use_cache=False)
+    hook.remove()
+    assert len(firsts) == 100 and all((f == tok.stoi[","]).all() for f in firsts)
     # the key/value cache gives the same tokens as recomputing, across many context crops (float32)
     prompt = torch.tensor([tok.encode(",91998,91999,")])
     cached = model.generate(prompt, 300, temperature=0.0, use_cache=True)
