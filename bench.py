@@ -31,8 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 import gpt
+from checks import count_on
 from data import CountingEval, get_batch, load_data, percent
-from settings import fail, parse_settings, pick_device
+from settings import fail, load_checkpoint, lock_out_dir, parse_settings, pick_device
 
 # -----------------------------------------------------------------------------
 runs = 1              # training runs of the default config (the median is reported)
@@ -225,7 +226,7 @@ def main(argv):
             and not os.path.exists(os.path.join(cfg.out_dir, "BENCH")):
         fail(f"--out_dir={cfg.out_dir} holds a trained model, and bench.py trains over its "
              f"out_dir; pick another --out_dir")
-    gpt.lock_out_dir(cfg.out_dir)  # a bad --out_dir is refused before any work
+    lock_out_dir(cfg.out_dir)  # a bad --out_dir is refused before any work
     with open(os.path.join(cfg.out_dir, "BENCH"), "w") as f:  # bench.py may replace what is here
         f.write("bench.py's runs: each bench run replaces them\n")
     if cfg.sweep:
@@ -270,7 +271,7 @@ def main(argv):
 
     print(f"\n## Generation: greedy counting of {cfg.gen_numbers:,} held-out numbers per stream, "
           f"last run's model\n")
-    ckpt = gpt.load_checkpoint(f"{cfg.out_dir}/ckpt.pt")
+    ckpt = load_checkpoint(f"{cfg.out_dir}/ckpt.pt")
     model = gpt.GPT(gpt.GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
@@ -284,8 +285,8 @@ def main(argv):
                                       ("one stream, no cache", 1, False),
                                       (f"{cfg.streams} streams at once, key/value cache",
                                        cfg.streams, True)):
-        errors, speed[name] = gpt.count_on(model, *zip(*count[:streams_]),
-                                           contextlib.nullcontext(), use_cache)
+        errors, speed[name] = count_on(model, *zip(*count[:streams_]),
+                                       contextlib.nullcontext(), use_cache)
         right[name] = sum(e is None for e in errors)
         print(f"| {name} | {speed[name]:,.0f} tokens/s | "
               f"{right[name]}/{streams_} streams right |", flush=True)

@@ -124,6 +124,12 @@ def get_batch(data, batch_size, block_size, device, generator=None, sampler=None
     return x.to(device, torch.long), y.to(device, torch.long)
 
 
+def encode_prompt(text):
+    """A prompt is the start of a count, read as the text is read: after a comma, which tells
+    the model that a number begins with the prompt's first digit. (1-D tensor of token ids.)"""
+    return torch.tensor(Tokenizer().encode("," + text.removeprefix(",")))
+
+
 def trailing(data, ends, length, token):
     """How many times `token` ends each number (the number before comma ends[i] has length[i]
     digits): trailing zeros, or trailing 9s."""

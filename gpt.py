@@ -7,28 +7,29 @@ A character-level GPT that learns to count: the model, its training loop, evalua
     python gpt.py --mode=eval                     # every exact check of the saved model
     python gpt.py --mode=attention --prompt=909998,909999,  # what each head looks at
 
-The task (the text, the tokenizer, the batches, the counting check) lives in data.py; the
---key=value parsing, the setting checks and the device in settings.py.
+Beside it: data.py, the task (the text, the tokenizer, the batches, the counting check);
+checks.py, the exact checks and the report a run ends with; settings.py, the --key=value
+settings, the device, and what keeps a run safe (checkpoints, the out_dir lock, signals);
+attention.py, the attention view.
 """
 import copy
 import math
 import os
 import re
-import shlex
-import shutil
-import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import (CountingEval, SpansEval, StepSampler, Tokenizer, beyond_spans, get_batch,
-                  load_data, longest_number, percent)
-from settings import check_settings, fail, parse_settings, pick_device, pick_dtype
+from attention import show_attention
+from checks import Checks, all_right, eval_line, evaluate, report
+from data import StepSampler, Tokenizer, encode_prompt, get_batch, load_data
+from settings import (SaveError, StopOnSignal, fail, finite, lock_out_dir, parse_args,
+                      pick_device, pick_dtype, progress_so_far, resume_command, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -73,9 +74,6 @@ streams = 20               # ... in this many streams at once
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items()
             if not k.startswith("_") and type(v) in (int, float, bool, str)}
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size")  # a checkpoint fixes these (and seed)
-# this run's own, never taken from a checkpoint: what to do, where, on which machine
-RUN_KEYS = ("mode", "init_from", "out_dir", "device", "dtype", "compile")
 
 
 # ------------------------------------------------------------------------------------------
@@ -300,239 +298,6 @@ class GPT(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------
-# Settings checks and checkpoints
-
-def parse_args(argv):
-    """The defaults above with the command line's --key=value overrides, checked for sense.
-    Every mode but training from scratch loads the checkpoint, whose saved settings then stand
-    in for the defaults. Returns the settings and the checkpoint (or None)."""
-    cfg, given = parse_settings(argv, DEFAULTS, __file__)
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = None
-    if cfg.mode != "train" or cfg.init_from == "resume":
-        if cfg.mode == "train":  # lock first: another run must not save after we read
-            lock_out_dir(cfg.out_dir)
-        try:
-            ckpt = load_checkpoint(ckpt_path)
-        except CheckpointError as e:
-            fail(str(e))
-        # a resumed run goes on with the checkpoint's random stream, so its seed is fixed too
-        fixed = MODEL_KEYS + (("seed",) if cfg.mode == "train" else ())
-        for key, value in ckpt["settings"].items():
-            if key in DEFAULTS and type(value) is not type(DEFAULTS[key]):
-                fail(f"checkpoint {ckpt_path} has {key}={value!r}, not a "
-                     f"{type(DEFAULTS[key]).__name__}: gpt.py did not write it; train a new one")
-            if key in fixed and key in given and getattr(cfg, key) != value:
-                fail(f"the checkpoint in {cfg.out_dir} has {key}={value} but --{key}="
-                     f"{getattr(cfg, key)} was given; drop --{key} (or train a new model with "
-                     f"--init_from=scratch)")
-            if key in DEFAULTS and key not in given and key not in RUN_KEYS:
-                setattr(cfg, key, value)
-        # the checkpoint's settings obey the same rules
-        check_settings(cfg, DEFAULTS, origin=f"checkpoint {ckpt_path}", given=given)
-    if cfg.n_embd % cfg.n_head:
-        fail(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head}; "
-             f"pick n_embd as a multiple of n_head")
-    longest = longest_number(cfg.max_num)
-    if cfg.block_size < 2 * longest:
-        fail(f"--block_size={cfg.block_size} cannot hold two numbers of {longest - 1} digits and "
-             f"their commas (the checks need n and n+1 in one window); use --block_size="
-             f"{2 * longest} or more, or a smaller --max_num")
-    if cfg.min_lr > cfg.learning_rate:
-        fail(f"--min_lr={cfg.min_lr} is above --learning_rate={cfg.learning_rate}; "
-             f"the decay ends below where it starts")
-    try:
-        Tokenizer().encode(cfg.prompt)
-    except ValueError as e:
-        fail(f"--prompt={cfg.prompt!r}: {e}")
-    if not re.fullmatch(r",?(\d+,)*\d*", cfg.prompt) or not cfg.prompt.strip(","):
-        fail(f"--prompt={cfg.prompt!r} is not the start of a count: give whole numbers, each "
-             f"followed by one comma, e.g. --prompt=41,42,")
-    if cfg.mode == "train" and "init_from" not in given and os.path.exists(ckpt_path):
-        fail(f"{ckpt_path} holds a trained model; go on training it with --init_from=resume, "
-             f"replace it with --init_from=scratch, or pick another --out_dir")
-    return cfg, ckpt
-
-
-LOCKS = {}  # out_dir -> the open lock file that this process holds on it
-
-
-def lock_out_dir(out_dir):
-    """One training process per out_dir: a second would overwrite the first one's checkpoint.
-    The lock is the operating system's, so it goes away with the process, however that ends."""
-    key = os.path.realpath(out_dir)
-    if key in LOCKS:
-        return
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        lock = open(os.path.join(out_dir, "lock"), "w")
-    except OSError as e:
-        fail(f"cannot write to --out_dir={out_dir} ({e.strerror}); "
-             f"pick a directory you can write to")
-    try:
-        if os.name == "nt":
-            import msvcrt
-            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fail(f"another training run is writing to --out_dir={out_dir}; "
-             f"wait for it to end, or pick another --out_dir")
-    LOCKS[key] = lock
-
-
-def finite(*things):
-    """Whether every number in these (losses, loss tensors, models' weights) is finite."""
-    for t in things:
-        if isinstance(t, nn.Module):
-            if not all(torch.isfinite(p).all() for p in t.parameters()):
-                return False
-        elif t is not None and not math.isfinite(float(t)):
-            return False
-    return True
-
-
-def save_checkpoint(path, model, ema, optimizer, iter_num, cfg, progress=None):
-    """Write to a temporary file, then rename it over the old checkpoint: the rename is atomic,
-    so a crash or kill mid-write leaves the previous checkpoint intact. "model" holds the
-    averaged weights (what sampling uses), "train_model" the raw ones (what training resumes)."""
-    if not finite(model, ema):
-        raise ValueError("refusing to save weights that are not finite")
-    device_type = next(model.parameters()).device.type
-    ckpt = {
-        "model": ema.state_dict(),
-        "train_model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "model_config": asdict(model.config),
-        "vocab": Tokenizer().vocab,
-        "iter_num": iter_num,
-        # training seconds so far, and when held-out and every check were first right
-        "progress": progress or progress_so_far(0.0, None, None),
-        "settings": {k: getattr(cfg, k) for k in DEFAULTS},
-        # random states: the batches' (drawn on the CPU), and dropout's, drawn where the model is
-        "rng": torch.get_rng_state(),
-        "device_type": device_type,
-        "device_rng": getattr(torch, device_type).get_rng_state()
-                      if device_type in ("cuda", "mps") else torch.empty(0),
-    }
-    tmp = path + ".tmp"
-    try:
-        torch.save(ckpt, tmp)
-        with open(tmp, "rb+") as f:  # on the disk before the rename, so a power cut keeps one
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed"
-        raise SaveError(f"cannot save {path} ({reason}, {free_space(path)} free); the checkpoint "
-                        f"there before is kept: free space on that disk or make it writable")
-    finally:
-        if os.path.isfile(tmp):
-            os.remove(tmp)
-
-
-def progress_so_far(train_time, first_100, first_all):
-    """What a resumed run needs to report as an unbroken one would."""
-    return {"train_time": train_time, "first_100": first_100, "first_all": first_all}
-
-
-class SaveError(Exception):
-    """A checkpoint could not be written (disk full, no permission); the old one is intact."""
-
-
-def free_space(path):
-    """The free space on path's disk, for an error message."""
-    try:
-        return f"{shutil.disk_usage(os.path.dirname(path) or '.').free / 2**20:,.0f} MB"
-    except OSError:
-        return "unknown"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or holds what gpt.py never writes."""
-
-
-def load_checkpoint(path):
-    """Load a checkpoint onto the CPU, safely (weights_only: no pickled code runs), and check
-    that it holds what save_checkpoint writes, each value of the right kind. Raises
-    CheckpointError with a one-line message that says what to do."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}; train one first with: python gpt.py "
-                              f"(or point --out_dir at one)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        missing = {"model", "train_model", "optimizer", "model_config", "vocab", "iter_num",
-                   "settings", "rng"} - ckpt.keys()
-        if missing:
-            raise KeyError(f"missing {sorted(missing)}")
-        GPTConfig(**ckpt["model_config"])
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}): it is corrupt "
-                              f"or truncated; delete it and train again with: python gpt.py")
-    if ckpt["vocab"] != Tokenizer().vocab:
-        raise CheckpointError(f"checkpoint {path} has vocabulary {ckpt['vocab']!r}, not "
-                              f"{Tokenizer().vocab!r}; train a new one")
-    # every value of the kind save_checkpoint writes (a later check only runs if those before it
-    # passed, so it may rely on them)
-    weights = [ckpt["model"], ckpt["train_model"]]
-    settings, optimizer, iter_num = ckpt["settings"], ckpt["optimizer"], ckpt["iter_num"]
-    checks = [
-        (lambda: all(isinstance(w, dict) and all(isinstance(t, torch.Tensor) for t in w.values())
-                     for w in weights), "weights"),
-        (lambda: all(torch.isfinite(t).all() for w in weights for t in w.values()
-                     if t.is_floating_point()), "weights that are not finite"),
-        (lambda: isinstance(settings, dict)
-         and set(MODEL_KEYS + ("max_num", "seed")) <= settings.keys(), "settings"),
-        (lambda: isinstance(optimizer, dict) and {"state", "param_groups"} <= optimizer.keys(),
-         "optimizer state"),
-        (lambda: type(iter_num) is int and iter_num >= 0, f"iter_num={iter_num!r}"),
-        (lambda: isinstance(ckpt["rng"], torch.Tensor) and ckpt["rng"].dtype == torch.uint8,
-         "random state"),
-        (lambda: isinstance(ckpt.get("progress", {}), dict), "progress"),
-    ]
-    problem = next((what for ok, what in checks if not ok()), None)
-    if problem:
-        raise CheckpointError(f"checkpoint {path} holds {problem} that gpt.py never writes; "
-                              f"train a new one (or point --out_dir at another)")
-    return ckpt
-
-
-def resume_command(cfg):
-    """The command that continues this run: the checkpoint holds every setting but where it is
-    and the machine's (shell-quoted, so that an out_dir with a space survives a paste)."""
-    given = [f"--{k}={getattr(cfg, k)}" for k in ("out_dir", "device", "dtype", "compile")
-             if getattr(cfg, k) != DEFAULTS[k]]
-    try:
-        script = os.path.relpath(__file__)  # from where this run was started
-    except ValueError:  # on Windows, when the current directory is on another drive
-        script = __file__
-    return shlex.join(["python", script, "--init_from=resume", *given])
-
-
-class StopOnSignal:
-    """Ctrl-C (SIGINT), SIGTERM (what kill, timeout, docker stop and batch schedulers send),
-    SIGHUP (the terminal closed, ssh dropped) or SIGQUIT (Ctrl-\\) asks training to stop after
-    the current step, save and print how to resume. A second signal, of any of these kinds,
-    stops at once, as usual."""
-    NAMES = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")  # those this system has (Windows: 2)
-
-    def __enter__(self):
-        self.signum = None
-        self.previous = {s: signal.signal(s, self.request)
-                         for s in (getattr(signal, n) for n in self.NAMES if hasattr(signal, n))}
-        return self
-
-    def request(self, signum, frame):
-        self.signum = signum
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-# ------------------------------------------------------------------------------------------
 # Optimizer, learning-rate schedule and loss estimate
 
 def configure_optimizer(model, cfg, device_type):
@@ -573,266 +338,6 @@ def estimate_loss(model, splits, cfg, ctx):
         out[name] = losses.mean().item()
     model.train(was_training)
     return out
-
-
-# ------------------------------------------------------------------------------------------
-# The exact checks: held-out, whole text (every prompt), from 0, the long count
-
-def encode_prompt(text):
-    """A prompt is the start of a count, read as the text is read: after a comma, which tells
-    the model that a number begins with the prompt's first digit. (1-D tensor of token ids.)"""
-    return torch.tensor(Tokenizer().encode("," + text.removeprefix(",")))
-
-
-@torch.no_grad()
-def count_on(model, prompts, wanted, ctx, use_cache=True):
-    """Greedy counting, many streams at once (one batch row each): stream i is prompted with
-    the numbers prompts[i] (all prompts the same number of characters) and should write the
-    numbers wanted[i]. Returns each stream's first error (None where it is right) and the
-    tokens generated per second."""
-    device = next(model.parameters()).device
-    idx = torch.stack([encode_prompt(",".join(p) + ",") for p in prompts]).to(device)  # (S, T)
-    want = [",".join(w) + "," for w in wanted]
-    t = time.perf_counter()
-    with ctx:
-        out = model.generate(idx, max(map(len, want)), temperature=0.0, use_cache=use_cache)
-    out = out[:, idx.size(1):].cpu()  # waits for the device
-    tokens_per_s = out.numel() / (time.perf_counter() - t)
-    tok, errors = Tokenizer(), []
-    for row, w in zip(out, wanted):
-        got = tok.decode(row).split(",")
-        i = next((i for i, n in enumerate(w) if got[i] != n), None)
-        errors.append(None if i is None else f"number #{i + 1} should be {w[i]}, got {got[i]!r}")
-    return errors, tokens_per_s
-
-
-class Checks:
-    """The exact checks of one model, built once: every held-out number (from the text before
-    it in its window); the whole text from every start, as the prompt `k,` shows it and on to
-    the end of its window (k+1, k+2, k+3 for six digits); the count from "0," to 1,000; beyond
-    the text: numbers past max_num-1, which the model never saw (beyond_spans); and the long
-    count: greedy streams from held-out numbers, and one from the text's end on past it, each
-    far past the context window."""
-
-    def __init__(self, train_data, val_data, cfg):
-        self.held_out = ev = CountingEval(val_data, cfg.block_size)
-        whole = torch.cat([train_data, val_data])
-        self.whole_text = CountingEval(whole, cfg.block_size, every_start=True) \
-            if cfg.full_check else None
-        self.from_zero = [str(n) for n in range(1, min(1000, cfg.max_num - 1) + 1)]
-        # the streams start at held-out numbers of the longest length, so their prompts match;
-        # each is 3 prompt numbers, then per_stream to write
-        first = int((ev.length == ev.length.max()).nonzero()[0])
-        per_stream = min(cfg.long_count // cfg.streams, ev.n - first - 3)
-        room = ev.n - first - 3 - per_stream
-        starts = [first + i * room // max(cfg.streams - 1, 1) for i in range(cfg.streams)]
-        self.long = [([ev.number(k) for k in range(s, s + 3)],
-                      [ev.number(k) for k in range(s + 3, s + 3 + per_stream)])
-                     for s in starts] if per_stream > 0 else []
-        # past the text: numbers the model never saw, and a stream that counts on into them
-        self.beyond = self.stretch = None
-        self.long_beyond = []
-        spans, stretch = beyond_spans(cfg.max_num)
-        if cfg.full_check and cfg.block_size >= 2 * len(str(stretch[1])) + 2:
-            self.beyond = SpansEval(spans, cfg.block_size, val_data.device)
-            self.stretch = SpansEval([stretch], cfg.block_size, val_data.device)
-            m = cfg.max_num
-            self.long_beyond = [([str(n) for n in range(m - 3, m)],
-                                 [str(n) for n in range(m, m + per_stream)])] * (per_stream > 0)
-
-
-@torch.no_grad()
-def evaluate(model, checks, splits, cfg, ctx, dear=True):
-    """The losses, then the exact checks from the cheapest to the dearest, each only once the
-    ones before it are all right: every held-out number (seconds), then, while dear, the count
-    from 0, (about a second) and every step of the whole text (about ten held-out checks' worth).
-    Training asks for the dear checks until they have all been right once; the final report runs
-    every check again."""
-    r = {"loss": estimate_loss(model, splits, cfg, ctx)}
-    with ctx:
-        r["held-out"] = checks.held_out(model)
-    if checks.whole_text and r["held-out"].accuracy == 1 and dear:
-        r["from 0,"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]
-        if r["from 0,"] is None:
-            with ctx:  # only "all right?" matters here: the first wrong number ends the check
-                r["whole text"] = checks.whole_text(model, stop_at_wrong=True)
-    return r
-
-
-def all_right(r, checks):
-    """Whether an evaluation found every check it ran right, and ran every check there is."""
-    names = ["held-out"] + ["whole text"] * bool(checks.whole_text)
-    return all(name in r and r[name].accuracy == 1 for name in names)
-
-
-def eval_line(iter_num, r, ms_per_step, train_time, eval_seconds):
-    """One evaluation's results, on one line."""
-    held_out = percent(r["held-out"].correct, r["held-out"].total)
-    line = (f"step {iter_num:5d} | loss train {r['loss']['train']:.4f} val {r['loss']['val']:.4f} "
-            f"| held-out counting {held_out:>8} margin {r['held-out'].margin:5.2f} | ")
-    if "from 0," in r:
-        line += f"from 0, {'wrong' if r['from 0,'] else 'no error'} | "
-    if "whole text" in r:
-        whole = r["whole text"]
-        line += "whole text 0 wrong | " if whole.accuracy == 1 else \
-            f"whole text wrong: {whole.failures[0]} | "
-    return line + f"{ms_per_step:.1f} ms/step | train {train_time:.1f}s, eval {eval_seconds:.1f}s"
-
-
-def report(model, checks, r, cfg, ctx):
-    """Every check, in full (what the last evaluation, with the same weights, did not finish
-    is run now), then the model at work: a carry, the long count and the prompt."""
-    for name, check in (("held-out", checks.held_out), ("whole text", checks.whole_text),
-                        ("beyond the text", checks.beyond)):
-        took = ""
-        if check is not None and (name not in r or r[name].total < check.n - 1):  # not run in full
-            t = time.perf_counter()
-            with ctx:
-                r[name] = check(model)
-            took = f" ({time.perf_counter() - t:.1f}s)"
-        if name in r:
-            print(f"{name}{took}: {r[name].summary()}")
-        if name == "whole text" and name in r:
-            print(f"  from every start: {len(check.ws):,} prompts k, each written on to the end of "
-                  f"its window, {check.scores:,} numbers in all")
-        if name == "beyond the text" and name in r:
-            print(f"  past the text, never seen in training: {cfg.max_num:,} to "
-                  f"{check.spans[0][1] - 1:,} from every start (and from the prompts before "
-                  f"{cfg.max_num:,} that reach them), and the numbers around each of "
-                  f"{len(check.spans) - 1} later carries into the top digits, to {check.last:,}")
-    if checks.stretch:
-        with ctx:
-            r["stretch"] = checks.stretch(model)
-        a, b = checks.stretch.spans[0]
-        right = "right" if r["stretch"].accuracy == 1 else "wrong"
-        print(f"stretch, {b - 4:,} -> {b - 3:,}: {right} (numbers {a + 1:,}..{b - 1:,} from "
-              f"every start, margin {r['stretch'].margin:.2f})")
-    if checks.whole_text:
-        if "from 0," not in r:
-            r["from 0,"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]
-        print(f"counting from 0, to {checks.from_zero[-1]}: {r['from 0,'] or 'no error'}")
-    ev = checks.held_out
-    k = int(ev.carries[1:].argmax()) + 1  # the held-out number with the longest carry
-    first = max(0, min(k - 2, ev.n - 6))  # two numbers before it, three after, where there are
-    shown = [ev.number(j) for j in range(first, min(first + 6, ev.n))]
-    idx = encode_prompt(",".join(shown[:2]) + ",")[None].to(ev.data.device)
-    with ctx:
-        out = model.generate(idx, len(",".join(shown[2:])), temperature=0.0)
-    print(f"sample: {','.join(shown[:2])}, -> {Tokenizer().decode(out[0, idx.size(1):])!r}")
-    if checks.long:
-        errors, tokens_per_s = count_on(model, *zip(*checks.long), ctx)
-        wrong = [e for e in errors if e]
-        streams, per_stream = len(errors), len(checks.long[0][1])
-        print(f"long count: {streams} streams of {per_stream:,} numbers on from held-out numbers, "
-              f"{streams * per_stream:,} in all: "
-              + (f"{len(wrong)} streams wrong, first: {wrong[0]}" if wrong else "no error")
-              + f" ({tokens_per_s:,.0f} tokens/s)")
-        r["long count"] = next(iter(wrong), None)
-    if checks.long_beyond:
-        error = count_on(model, *zip(*checks.long_beyond), ctx)[0][0]
-        prompt, wanted = checks.long_beyond[0]
-        print(f"long count past the text: {','.join(prompt)}, on for {len(wanted):,} numbers: "
-              f"{error or 'no error'}")
-    idx = encode_prompt(cfg.prompt)[None].to(ev.data.device)
-    with ctx:
-        out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k)
-    print(f"prompt {cfg.prompt!r} -> {Tokenizer().decode(out[0, 1:])!r}")
-    # the verdict, on the numbers of the text (what lies beyond it is measured, not promised)
-    wrong = [name for name in ("held-out", "whole text") if name in r and r[name].accuracy < 1]
-    wrong += [name for name in ("from 0,", "long count") if r.get(name)]
-    r["counts"] = not wrong
-    margins = ", ".join(f"{name} {r[name].margin:.2f}" for name in ("held-out", "whole text")
-                        if name in r)
-    if wrong:
-        print(f"error: the model did not learn to count every number ({', '.join(wrong)} wrong; "
-              f"margin {margins}); try another --seed or a longer run (--max_iters)",
-              file=sys.stderr)
-    else:
-        print(f"it counts: every check right, margin {margins} (the right token's logit over "
-              f"the best wrong one's, at the closest call)")
-    return r
-
-
-# ------------------------------------------------------------------------------------------
-# --mode=attention: what each head looks at
-
-SHADES = " .:-=+*#%@"  # attention weight 0 .. 1, in tenths
-PARTS = ("same digit of n", "n's later digits", "n's earlier digits", "comma before n+1",
-         "n+1 so far")
-
-
-@torch.no_grad()
-def show_attention(model, cfg, device):
-    """Write the number that follows the prompt, greedily, and for each character it writes
-    show where each head looks from the position that predicts it: one row per layer and head,
-    one shaded character per context character (' ' for none of the weight, '@' for nearly
-    all), the most-attended character named at the end. Then measure it over the held-out
-    check: attention_table."""
-    tok = Tokenizer()
-    idx = encode_prompt(cfg.prompt)[None].to(device)
-    longest = longest_number(cfg.max_num)
-    if idx.size(1) + longest > cfg.block_size:
-        fail(f"--prompt={cfg.prompt!r} is too long to show with the number after it in one window "
-             f"of {cfg.block_size} characters; give at most {cfg.block_size - longest - 1} "
-             f"characters")
-    for _ in range(longest):
-        weights = []
-        logits, _ = model(idx, weights=weights)
-        nxt = logits[:, -1:].argmax(dim=-1)                                  # (1, 1)
-        text, char = tok.decode(idx[0]), tok.decode(nxt[0])
-        print(f"\nwrites {char!r} after {text[1:]!r}\n{'':8}{text}")
-        for layer, att in enumerate(weights):
-            for head, w in enumerate(att[0, :, -1].tolist()):  # the newest position's weights
-                top = max(range(len(w)), key=w.__getitem__)
-                row = "".join(SHADES[min(int(p * 10), 9)] for p in w)
-                print(f"L{layer + 1} H{head + 1}   {row}   {w[top]:.2f} on {text[top]!r}, "
-                      f"{len(text) - top} back")
-        idx = torch.cat([idx, nxt], dim=1)
-        if char == ",":  # the number is written
-            break
-    _, _, val_data = load_data(cfg.max_num)
-    held_out = CountingEval(val_data.to(device), cfg.block_size)
-    table, digits, changed = attention_table(model, held_out)
-    print(f"\nMean attention weight of each head while writing the {digits:,} digits of held-out "
-          f"numbers n+1\n(after an n of the same length): copied digits / the {changed:,} that "
-          f"change (the last, and carries)")
-    print(f"{'':8}" + "".join(f"{p:>20}" for p in PARTS))
-    for layer in range(table.size(0)):
-        for head in range(table.size(1)):
-            cells = "".join(f"{a:>13.2f} / {b:.2f}" for a, b in table[layer, head].T.tolist())
-            print(f"L{layer + 1} H{head + 1}  {cells}")
-
-
-@torch.no_grad()
-def attention_table(model, ev, batch_size=256):
-    """Where each head looks while the model writes digit i of n+1 (from the position before
-    it), over every such digit in the windows of `ev` where n and n+1 have the same length: the
-    mean weight on each of PARTS, for the digits copied from n and for those that change (the
-    last one, and any that a carry reaches). Returns (table (n_layer, n_head, 2, len(PARTS)),
-    digits, digits that change)."""
-    model.eval()
-    commas, dev = ev.commas, ev.padded.device
-    total = torch.zeros(model.config.n_layer, model.config.n_head, 2, len(PARTS), device=dev)
-    count = torch.zeros(2, device=dev)
-    for pos, k, scored in ev.batches(batch_size):           # (B, T) each: the next token is k's
-        weights = []
-        model(ev.padded[pos].long(), weights=weights)
-        k = k.clamp(1, ev.n - 1)                              # n+1 is number k, n is number k-1
-        before_n, before, after = commas[k - 1], commas[k], commas[k + 1]      # (B, T) each
-        same = before_n + pos - before + 1                    # n's digit in the next one's place
-        valid = scored & (pos + 1 < after) & (after - before == before - before_n)  # equal lengths
-        changed = (ev.padded[pos + 1] != ev.padded[same]).long()  # the last digit, or a carry's
-        key = pos[:, None, :]                                 # (B, 1, T) key positions
-        same, before_n, before, query = (t[..., None] for t in (same, before_n, before, pos))
-        masks = [key == same, (key > same) & (key < before), (key > before_n) & (key < same),
-                 key == before, (key > before) & (key <= query)]  # each (B, T, T), as PARTS
-        for layer, att in enumerate(weights):                 # (B, n_head, T, T)
-            for j, mask in enumerate(masks):
-                mass = (att * mask[:, None]).sum(-1)          # (B, n_head, T)
-                for c in (0, 1):
-                    total[layer, :, c, j] += (mass * (valid & (changed == c))[:, None]).sum((0, 2))
-        count += torch.bincount(changed[valid], minlength=2)
-    return (total / count[:, None]).cpu(), int(count.sum()), int(count[1])
 
 
 # ------------------------------------------------------------------------------------------
@@ -877,7 +382,7 @@ def build_model(cfg, ckpt, device):
 
 def main(argv):
     """Train a GPT to count (or, with --mode, use the saved one). Returns a summary for bench.py."""
-    cfg, ckpt = parse_args(argv)
+    cfg, ckpt = parse_args(argv, DEFAULTS, __file__)
     device = pick_device(cfg.device)
     device_type = device.split(":")[0]
     ptdtype = pick_dtype(cfg.dtype, device)
@@ -979,8 +484,8 @@ def main(argv):
                     stop = "interrupted"
                 else:
                     t_eval = time.perf_counter()
-                    r = evaluate(ema, checks, {"train": train_data, "val": val_data}, cfg, ctx,
-                                 dear=first_all is None)
+                    losses = estimate_loss(ema, {"train": train_data, "val": val_data}, cfg, ctx)
+                    r = {"loss": losses, **evaluate(ema, checks, ctx, dear=first_all is None)}
                     eval_time += time.perf_counter() - t_eval
                     if not finite(*r["loss"].values()):  # finite weights can still overflow
                         stop = "diverged"
@@ -1051,16 +556,16 @@ def main(argv):
             message = f"interrupted at step {iter_num}; error: {e}."
         if saved is not None:
             message += f" Resume{f' from step {saved}' if saved != iter_num else ''} with: " \
-                       f"{resume_command(cfg)}"
+                       f"{resume_command(cfg, DEFAULTS, __file__)}"
         try:  # on stderr, which still reaches the terminal when stdout goes through | tee
             print(message, file=sys.stderr)
         except OSError:  # the terminal is gone (SIGHUP): the checkpoint is what matters
             pass
         sys.exit(128 + signals.signum)
     if stop == "save failed":
-        print(f"error: {save_error}, then resume from its step {saved} with: "
-              f"{resume_command(cfg)}" if saved is not None else f"error: {save_error}",
-              file=sys.stderr)
+        resume = f", then resume from its step {saved} with: " \
+                 f"{resume_command(cfg, DEFAULTS, __file__)}" if saved is not None else ""
+        print(f"error: {save_error}{resume}", file=sys.stderr)
         sys.exit(1)
     print(f"stopped at step {iter_num} ({stop}): {train_time:.1f}s of training, "
           f"{eval_time:.1f}s of evaluation")

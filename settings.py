@@ -1,18 +1,29 @@
 """
-Command-line settings, their checks, and the device: shared by bigram.py, gpt.py and bench.py.
+Command-line settings, their checks, the device, and what keeps a training run safe.
 
-Each script keeps its settings as plain variables between two '# ----' lines at its top. This
-file turns `--key=value` arguments into those settings, checks every script's settings by the
-same rules, prints that block for --help, and picks the device and the precision.
+Each script (bigram.py, gpt.py, bench.py) keeps its settings as plain variables between two
+'# ----' lines at its top. This file turns `--key=value` arguments into those settings, checks
+every script's settings by the same rules, prints that block for --help, and picks the device
+and the precision.
+
+For gpt.py it also keeps a run from being lost, each piece one call from its loop: the settings
+reconciled with a checkpoint (parse_args), one training process per out_dir (lock_out_dir),
+checkpoints written atomically and loaded safely (save_checkpoint, load_checkpoint), Ctrl-C and
+other signals turned into "save and stop" (StopOnSignal), and the command that resumes a run.
 """
 import math
 import os
+import re
+import shlex
+import shutil
+import signal
 import sys
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import torch
 
-from data import VAL_FRAC, longest_number, text_length
+from data import VAL_FRAC, Tokenizer, longest_number, text_length
 
 # peak memory of `python gpt.py`: about 0.4 GB, plus 12.6 bytes per character of text (measured
 # at max_num 1M and 10M with every check); with a margin:
@@ -164,3 +175,244 @@ def pick_dtype(name, device):
         return (torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False)
                 else torch.float16)
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+# ------------------------------------------------------------------------------------------
+# gpt.py's runs: settings with a checkpoint, the out_dir lock, checkpoints, signals
+
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size")  # a checkpoint fixes these (and seed)
+# a run's own, never taken from a checkpoint: what to do, where, on which machine
+RUN_KEYS = ("mode", "init_from", "out_dir", "device", "dtype", "compile")
+
+
+def parse_args(argv, defaults, path):
+    """gpt.py's defaults (the script at `path`) with the command line's --key=value overrides,
+    checked for sense. Every mode but training from scratch loads the checkpoint, whose saved
+    settings then stand in for the defaults. Returns the settings and the checkpoint (or None)."""
+    cfg, given = parse_settings(argv, defaults, path)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = None
+    if cfg.mode != "train" or cfg.init_from == "resume":
+        if cfg.mode == "train":  # lock first: another run must not save after we read
+            lock_out_dir(cfg.out_dir)
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+        except CheckpointError as e:
+            fail(str(e))
+        # a resumed run goes on with the checkpoint's random stream, so its seed is fixed too
+        fixed = MODEL_KEYS + (("seed",) if cfg.mode == "train" else ())
+        for key, value in ckpt["settings"].items():
+            if key in defaults and type(value) is not type(defaults[key]):
+                fail(f"checkpoint {ckpt_path} has {key}={value!r}, not a "
+                     f"{type(defaults[key]).__name__}: gpt.py did not write it; train a new one")
+            if key in fixed and key in given and getattr(cfg, key) != value:
+                fail(f"the checkpoint in {cfg.out_dir} has {key}={value} but --{key}="
+                     f"{getattr(cfg, key)} was given; drop --{key} (or train a new model with "
+                     f"--init_from=scratch)")
+            if key in defaults and key not in given and key not in RUN_KEYS:
+                setattr(cfg, key, value)
+        # the checkpoint's settings obey the same rules
+        check_settings(cfg, defaults, origin=f"checkpoint {ckpt_path}", given=given)
+    if cfg.n_embd % cfg.n_head:
+        fail(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head}; "
+             f"pick n_embd as a multiple of n_head")
+    longest = longest_number(cfg.max_num)
+    if cfg.block_size < 2 * longest:
+        fail(f"--block_size={cfg.block_size} cannot hold two numbers of {longest - 1} digits and "
+             f"their commas (the checks need n and n+1 in one window); use --block_size="
+             f"{2 * longest} or more, or a smaller --max_num")
+    if cfg.min_lr > cfg.learning_rate:
+        fail(f"--min_lr={cfg.min_lr} is above --learning_rate={cfg.learning_rate}; "
+             f"the decay ends below where it starts")
+    try:
+        Tokenizer().encode(cfg.prompt)
+    except ValueError as e:
+        fail(f"--prompt={cfg.prompt!r}: {e}")
+    if not re.fullmatch(r",?(\d+,)*\d*", cfg.prompt) or not cfg.prompt.strip(","):
+        fail(f"--prompt={cfg.prompt!r} is not the start of a count: give whole numbers, each "
+             f"followed by one comma, e.g. --prompt=41,42,")
+    if cfg.mode == "train" and "init_from" not in given and os.path.exists(ckpt_path):
+        fail(f"{ckpt_path} holds a trained model; go on training it with --init_from=resume, "
+             f"replace it with --init_from=scratch, or pick another --out_dir")
+    return cfg, ckpt
+
+
+LOCKS = {}  # out_dir -> the open lock file that this process holds on it
+
+
+def lock_out_dir(out_dir):
+    """One training process per out_dir: a second would overwrite the first one's checkpoint.
+    The lock is the operating system's, so it goes away with the process, however that ends."""
+    key = os.path.realpath(out_dir)
+    if key in LOCKS:
+        return
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, "lock"), "w")
+    except OSError as e:
+        fail(f"cannot write to --out_dir={out_dir} ({e.strerror}); "
+             f"pick a directory you can write to")
+    try:
+        if os.name == "nt":
+            import msvcrt
+            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fail(f"another training run is writing to --out_dir={out_dir}; "
+             f"wait for it to end, or pick another --out_dir")
+    LOCKS[key] = lock
+
+
+def finite(*things):
+    """Whether every number in these (losses, loss tensors, models' weights) is finite."""
+    for t in things:
+        if isinstance(t, torch.nn.Module):
+            if not all(torch.isfinite(p).all() for p in t.parameters()):
+                return False
+        elif t is not None and not math.isfinite(float(t)):
+            return False
+    return True
+
+
+def save_checkpoint(path, model, ema, optimizer, iter_num, cfg, progress=None):
+    """Write to a temporary file, then rename it over the old checkpoint: the rename is atomic,
+    so a crash or kill mid-write leaves the previous checkpoint intact. "model" holds the
+    averaged weights (what sampling uses), "train_model" the raw ones (what training resumes)."""
+    if not finite(model, ema):
+        raise ValueError("refusing to save weights that are not finite")
+    device_type = next(model.parameters()).device.type
+    ckpt = {
+        "model": ema.state_dict(),
+        "train_model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "model_config": asdict(model.config),
+        "vocab": Tokenizer().vocab,
+        "iter_num": iter_num,
+        # training seconds so far, and when held-out and every check were first right
+        "progress": progress or progress_so_far(0.0, None, None),
+        "settings": dict(vars(cfg)),
+        # random states: the batches' (drawn on the CPU), and dropout's, drawn where the model is
+        "rng": torch.get_rng_state(),
+        "device_type": device_type,
+        "device_rng": getattr(torch, device_type).get_rng_state()
+                      if device_type in ("cuda", "mps") else torch.empty(0),
+    }
+    tmp = path + ".tmp"
+    try:
+        torch.save(ckpt, tmp)
+        with open(tmp, "rb+") as f:  # on the disk before the rename, so a power cut keeps one
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed"
+        raise SaveError(f"cannot save {path} ({reason}, {free_space(path)} free); the checkpoint "
+                        f"there before is kept: free space on that disk or make it writable")
+    finally:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+
+
+def progress_so_far(train_time, first_100, first_all):
+    """What a resumed run needs to report as an unbroken one would."""
+    return {"train_time": train_time, "first_100": first_100, "first_all": first_all}
+
+
+class SaveError(Exception):
+    """A checkpoint could not be written (disk full, no permission); the old one is intact."""
+
+
+def free_space(path):
+    """The free space on path's disk, for an error message."""
+    try:
+        return f"{shutil.disk_usage(os.path.dirname(path) or '.').free / 2**20:,.0f} MB"
+    except OSError:
+        return "unknown"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or holds what gpt.py never writes."""
+
+
+def load_checkpoint(path):
+    """Load a checkpoint onto the CPU, safely (weights_only: no pickled code runs), and check
+    that it holds what save_checkpoint writes, each value of the right kind. Raises
+    CheckpointError with a one-line message that says what to do."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}; train one first with: python gpt.py "
+                              f"(or point --out_dir at one)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"model", "train_model", "optimizer", "model_config", "vocab", "iter_num",
+                   "settings", "rng"} - ckpt.keys()
+        if missing:
+            raise KeyError(f"missing {sorted(missing)}")
+        if not (isinstance(ckpt["model_config"], dict)
+                and set(MODEL_KEYS) <= ckpt["model_config"].keys()):
+            raise TypeError("model_config")
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}): it is corrupt "
+                              f"or truncated; delete it and train again with: python gpt.py")
+    if ckpt["vocab"] != Tokenizer().vocab:
+        raise CheckpointError(f"checkpoint {path} has vocabulary {ckpt['vocab']!r}, not "
+                              f"{Tokenizer().vocab!r}; train a new one")
+    # every value of the kind save_checkpoint writes (a later check only runs if those before it
+    # passed, so it may rely on them)
+    weights = [ckpt["model"], ckpt["train_model"]]
+    settings, optimizer, iter_num = ckpt["settings"], ckpt["optimizer"], ckpt["iter_num"]
+    checks = [
+        (lambda: all(isinstance(w, dict) and all(isinstance(t, torch.Tensor) for t in w.values())
+                     for w in weights), "weights"),
+        (lambda: all(torch.isfinite(t).all() for w in weights for t in w.values()
+                     if t.is_floating_point()), "weights that are not finite"),
+        (lambda: isinstance(settings, dict)
+         and set(MODEL_KEYS + ("max_num", "seed")) <= settings.keys(), "settings"),
+        (lambda: isinstance(optimizer, dict) and {"state", "param_groups"} <= optimizer.keys(),
+         "optimizer state"),
+        (lambda: type(iter_num) is int and iter_num >= 0, f"iter_num={iter_num!r}"),
+        (lambda: isinstance(ckpt["rng"], torch.Tensor) and ckpt["rng"].dtype == torch.uint8,
+         "random state"),
+        (lambda: isinstance(ckpt.get("progress", {}), dict), "progress"),
+    ]
+    problem = next((what for ok, what in checks if not ok()), None)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} holds {problem} that gpt.py never writes; "
+                              f"train a new one (or point --out_dir at another)")
+    return ckpt
+
+
+def resume_command(cfg, defaults, path):
+    """The command that continues this run of the script at `path`: the checkpoint holds every
+    setting but where it is and the machine's (shell-quoted, so that an out_dir with a space
+    survives a paste)."""
+    given = [f"--{k}={getattr(cfg, k)}" for k in ("out_dir", "device", "dtype", "compile")
+             if getattr(cfg, k) != defaults[k]]
+    try:
+        script = os.path.relpath(path)  # from where this run was started
+    except ValueError:  # on Windows, when the current directory is on another drive
+        script = path
+    return shlex.join(["python", script, "--init_from=resume", *given])
+
+
+class StopOnSignal:
+    """Ctrl-C (SIGINT), SIGTERM (what kill, timeout, docker stop and batch schedulers send),
+    SIGHUP (the terminal closed, ssh dropped) or SIGQUIT (Ctrl-\\) asks training to stop after
+    the current step, save and print how to resume. A second signal, of any of these kinds,
+    stops at once, as usual."""
+    NAMES = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")  # those this system has (Windows: 2)
+
+    def __enter__(self):
+        self.signum = None
+        self.previous = {s: signal.signal(s, self.request)
+                         for s in (getattr(signal, n) for n in self.NAMES if hasattr(signal, n))}
+        return self
+
+    def request(self, signum, frame):
+        self.signum = signum
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

@@ -19,10 +19,14 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+import attention
 import bench
 import bigram
+import checks
 import gpt
-from data import CountingEval, StepSampler, Tokenizer, counting_text, get_batch, load_data, percent, text_length
+import settings
+from data import (CountingEval, StepSampler, Tokenizer, counting_text, encode_prompt, get_batch, load_data, percent,
+                  text_length)
 from gpt import GPT, GPTConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -423,10 +427,10 @@ def test_count_on_checks_many_streams_number_by_number(trained):
     model = trained[0]
     prompts = [["91998", "91999"], ["95000", "95001"], ["97998", "97999"]]
     wanted = [[str(n) for n in range(int(p[1]) + 1, int(p[1]) + 301)] for p in prompts]
-    errors, _ = gpt.count_on(model, prompts, wanted, contextlib.nullcontext())
+    errors, _ = checks.count_on(model, prompts, wanted, contextlib.nullcontext())
     assert errors == [None, None, None]
     wanted[1][150] = "12345"
-    assert gpt.count_on(model, prompts, wanted, contextlib.nullcontext())[0][1] == \
+    assert checks.count_on(model, prompts, wanted, contextlib.nullcontext())[0][1] == \
         f"number #151 should be 12345, got '{95001 + 151}'"
 
 
@@ -435,7 +439,7 @@ def test_counts_from_zero(trained):
     and 999 -> 1000. Uniform windows would show these steps about once in the whole training."""
     model, _, _, printed, _ = trained
     want = ",".join(map(str, range(1, 1001)))
-    out = model.generate(gpt.encode_prompt("0,")[None], len(want), temperature=0.0)
+    out = model.generate(encode_prompt("0,")[None], len(want), temperature=0.0)
     assert Tokenizer().decode(out[0, 3:]) == want
     assert "whole text: counting accuracy 100.000% (99999/99999)" in printed  # every n -> n+1, 0 included
 
@@ -470,7 +474,7 @@ def test_attention_mode_shows_every_head_for_every_character_written(trained):
     for row in rows[:8]:
         shades, (_, _, char, back, _) = row[8:8 + len(context)], row[8 + len(context):].split()
         top = len(context) - int(back)
-        assert char == repr(context[top]) + "," and shades[top] == max(shades, key=gpt.SHADES.index), row
+        assert char == repr(context[top]) + "," and shades[top] == max(shades, key=attention.SHADES.index), row
     assert "Mean attention weight of each head" in r.stdout
     assert [line[:5] for line in lines[-8:]] == [f"L{l} H{h}" for l in (1, 2) for h in (1, 2, 3, 4)]
     for args, message in (([f"--out_dir={out_dir}", "--prompt=12,x"], "not in the vocabulary"),
@@ -485,7 +489,7 @@ def test_a_head_attends_to_the_aligned_digit_of_the_previous_number(trained):
     of its weight on that digit of n (0.60-0.66 on average), and some head on n's later digits,
     which say whether a carry reaches it (0.78-0.83). With the places it is a layer-1 head."""
     model, _, val_data, _, _ = trained
-    table, _, _ = gpt.attention_table(model, CountingEval(val_data, 24))  # (layer, head, copied/changed, part)
+    table, _, _ = attention.attention_table(model, CountingEval(val_data, 24))  # (layer, head, copied/changed, part)
     same_digit, later_digits = table[:, :, 0, 0].max().item(), table[:, :, 0, 1].max().item()
     assert same_digit > 0.5 and later_digits > 0.5, table[..., 0, :]
 
@@ -695,10 +699,11 @@ def test_checkpoint_round_trip_and_atomic_save(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16))
     optimizer = torch.optim.AdamW(model.parameters())
-    cfg, _ = gpt.parse_args(["--block_size=16", "--n_layer=1", "--n_head=2", "--n_embd=16", f"--out_dir={tmp_path}"])
+    cfg, _ = settings.parse_args(["--block_size=16", "--n_layer=1", "--n_head=2", "--n_embd=16", f"--out_dir={tmp_path}"],
+                                 gpt.DEFAULTS, gpt.__file__)
     path = str(tmp_path / "ckpt.pt")
-    gpt.save_checkpoint(path, model, model, optimizer, 7, cfg)
-    ckpt = gpt.load_checkpoint(path)
+    settings.save_checkpoint(path, model, model, optimizer, 7, cfg)
+    ckpt = settings.load_checkpoint(path)
     restored = GPT(GPTConfig(**ckpt["model_config"]))
     restored.load_state_dict(ckpt["model"])
     x = torch.randint(0, 11, (2, 16))
@@ -709,13 +714,13 @@ def test_checkpoint_round_trip_and_atomic_save(tmp_path, monkeypatch):
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, "save", crash_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        gpt.save_checkpoint(path, model, model, optimizer, 8, cfg)
+        settings.save_checkpoint(path, model, model, optimizer, 8, cfg)
     assert os.listdir(tmp_path) == ["ckpt.pt"]                  # no temp file left behind
-    assert gpt.load_checkpoint(path)["iter_num"] == 7           # the old one still loads
+    assert settings.load_checkpoint(path)["iter_num"] == 7           # the old one still loads
     with torch.no_grad():
         model.lm_head.bias[0] = float("nan")
     with pytest.raises(ValueError, match="not finite"):         # NaN weights never replace a checkpoint
-        gpt.save_checkpoint(path, model, model, optimizer, 9, cfg)
+        settings.save_checkpoint(path, model, model, optimizer, 9, cfg)
 
 
 def final_losses(out):
@@ -799,7 +804,7 @@ def test_a_closed_terminal_saves_and_a_second_signal_of_another_kind_stops_at_on
     step = int(err.split("interrupted at step ")[1].split(";")[0])
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == step and "Resume with: python" in err
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
-    with gpt.StopOnSignal() as stop:
+    with settings.StopOnSignal() as stop:
         assert all(signal.getsignal(s) == stop.request for s in before)
         os.kill(os.getpid(), signal.SIGTERM)  # the first asks to stop; any second one stops at once
         assert stop.signum == signal.SIGTERM and {s: signal.getsignal(s) for s in before} == before
@@ -855,7 +860,7 @@ def test_a_save_that_fails_is_one_line_and_keeps_the_checkpoint(tmp_path, monkey
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "cannot save" in err and "the checkpoint there before is kept" in err and "then resume from its step 0 with: python" in err
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "lock"] and gpt.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "lock"] and settings.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 0
     monkeypatch.setattr(torch, "save", real_save)
     os.makedirs(tmp_path / "dir" / "ckpt.pt.tmp")  # in the way of the temporary file
     with pytest.raises(SystemExit):
@@ -885,6 +890,32 @@ def test_eval_runs_every_check_and_a_prompt_past_the_text_says_so(tmp_path, caps
     assert r.returncode == 0 and "note: the model was trained on the numbers 0 to 9,999" in r.stderr, r.stderr
 
 
+def test_the_model_copied_out_of_gpt_py_trains_with_torch_alone():
+    """gpt.py's model section (config, cache, attention, MLP, block, sampling, GPT) pasted into
+    another project with only the imports it names: it trains and generates, no project file."""
+    model_part = open(os.path.join(HERE, "gpt.py")).read().split("# The model\n")[1].split("\n# ---")[0]
+    names = {}
+    exec("import math\nfrom dataclasses import dataclass\nimport torch\nimport torch.nn as nn\n"
+         "from torch.nn import functional as F\n" + model_part, names)
+    assert not {"Tokenizer", "settings", "data", "checks"} & names.keys()
+    torch.manual_seed(0)
+    model = names["GPT"](names["GPTConfig"](block_size=16, n_layer=1, n_head=2, n_embd=16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    text = torch.tensor([[0] + [1 + int(c) if c != "," else 0 for c in "12,13,14,15,16,17,18,"]])
+    x, y = text[:, :16], text[:, 1:17]
+    losses = []
+    for _ in range(30):
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 2
+    out = model.generate(x[:, :8], 30, temperature=0.0)  # past block_size: drops context, cached
+    assert out.shape == (1, 38)
+    assert torch.equal(out, model.generate(x[:, :8], 30, temperature=0.0, use_cache=False))
+
+
 def test_library_callers_get_value_errors_not_exits():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16))
     for bad in (torch.zeros(0, dtype=torch.long), torch.zeros(4, dtype=torch.long), torch.zeros(1, 3)):
@@ -897,8 +928,8 @@ def test_library_callers_get_value_errors_not_exits():
     assert one_token.generate(torch.zeros(1, 3, dtype=torch.long), 5).shape == (1, 8)
     with pytest.raises(ValueError, match="n_embd=30 is not divisible by n_head=4"):
         GPTConfig(n_embd=30, n_head=4)
-    with pytest.raises(gpt.CheckpointError, match="no checkpoint at"):
-        gpt.load_checkpoint(os.path.join(HERE, "no such dir", "ckpt.pt"))
+    with pytest.raises(settings.CheckpointError, match="no checkpoint at"):
+        settings.load_checkpoint(os.path.join(HERE, "no such dir", "ckpt.pt"))
 
 
 def test_data_bigram_and_bench_as_a_careless_user_runs_them(tmp_path):
@@ -958,7 +989,7 @@ def test_weights_that_overflow_are_never_saved(tmp_path, capsys):
         gpt.main(tiny("--learning_rate=1", "--weight_decay=1e31", "--warmup_iters=0", "--max_iters=50",
                       "--eval_interval=1", f"--out_dir={tmp_path}", base=SMALL))
     assert exit_info.value.code == 1 and "training diverged by step" in capsys.readouterr().err
-    ckpt = gpt.load_checkpoint(str(tmp_path / "ckpt.pt"))
+    ckpt = settings.load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert ckpt["iter_num"] == 0 and all(torch.isfinite(p).all() for p in ckpt["model"].values())
 
 
