@@ -154,11 +154,13 @@ class StepSampler:
     single step 9 -> 10 would get as many windows as the training split's 721,429 carry-free
     6-digit steps together; in between, the rare kinds are boosted without starving the common
     ones. (Multilingual language models balance their languages the same way: XLM-R samples them
-    with alpha=0.3.) The window sits at a random offset that still shows the comma before n and
-    the comma after n+1, and half the windows then move on to the next comma, so that they
-    begin at a number, as a prompt does: a prompt `k,k+1,k+2,` puts the step k+2 -> k+3 at one
-    place in the window, and the model must have been shown it there. `data` must start with a
-    comma (the training split does). The tables live on the CPU, as the random numbers do."""
+    with alpha=0.3.) The window sits at a random offset that shows the comma before n and at
+    least the first digit of n+1: a window may end inside n+1, as the window of a prompt
+    `k,` ends inside k+4 (its first digits after a carry are written there too). Half the
+    windows then move on to the next comma, so that they begin at a number, as a prompt does: a
+    prompt `k,k+1,k+2,` puts the step k+2 -> k+3 at one place in the window, and the model must
+    have been shown it there. `data` must start with a comma (the training split does). The
+    tables live on the CPU, as the random numbers do."""
 
     def __init__(self, data, block_size, alpha=0.3):
         data = data.cpu()
@@ -174,7 +176,7 @@ class StepSampler:
         self.steps_by_kind = torch.argsort(kind_of_step, stable=True)
         self.kind_first, self.kind_count = torch.cumsum(count, 0) - count, count
         last_start = len(data) - block_size - 1
-        self.lo = (commas[2:] - block_size).clamp(0, last_start)  # the window reaches n+1's comma
+        self.lo = (commas[1:-1] + 1 - block_size).clamp(0, last_start)  # shows n+1's first digit
         self.hi = commas[:-2].clamp(max=last_start).maximum(self.lo)  # and shows the comma before n
 
     def __call__(self, batch_size, generator=None):

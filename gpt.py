@@ -44,7 +44,7 @@ dropout = 0.0
 # training
 batch_size = 64
 window_alpha = 0.3         # 1 = uniform windows, as in the tutorial; lower = rare steps more often
-max_iters = 4000           # length of the cosine schedule; stop_at_100 usually stops far sooner
+max_iters = 2000           # length of the cosine schedule; stop_at_100 usually stops far sooner
 learning_rate = 3e-3
 min_lr = 0.0               # the cosine decay ends here
 warmup_iters = 100
