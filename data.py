@@ -148,11 +148,12 @@ class StepSampler:
     rare steps are the hard ones: 9999 -> 10000 changes five digits but happens once per ten
     thousand numbers, 99 -> 100 (a new length) happens once in the whole text, and the numbers
     0..99 fill only the first 291 of its 6.9M characters. So each window is centred on a step
-    n -> n+1 drawn by its *kind* (digits of n, trailing 9s of n): a kind that holds a count c
-    of the steps is drawn with probability proportional to c**alpha, then one of its steps
-    uniformly. alpha=1 keeps the text's own mix; alpha=0 draws every kind equally often, so the
-    single step 9 -> 10 would get as many windows as the training split's 721,429 carry-free
-    6-digit steps together; in between, the rare kinds are boosted without starving the common
+    n -> n+1 drawn by its *kind* (digits of n, trailing 9s of n and of n+1: 49998 -> 49999 is
+    as rare as a carry, and the model must tell it from one by the last digit alone): a kind
+    that holds a count c of the steps is drawn with probability proportional to c**alpha, then
+    one of its steps uniformly. alpha=1 keeps the text's own mix; alpha=0 draws every kind
+    equally often, so the single step 9 -> 10 would get as many windows as the training split's
+    641,270 6-digit steps with no 9 at the end of n or n+1 together; in between, the rare kinds are boosted without starving the common
     ones. (Multilingual language models balance their languages the same way: XLM-R samples them
     with alpha=0.3.) The window sits at a random offset that shows the comma before n and at
     least the first digit of n+1: a window may end inside n+1, as the window of a prompt
@@ -168,8 +169,8 @@ class StepSampler:
         self.commas = commas = (data == COMMA).nonzero().squeeze(1)
         length = commas[1:] - commas[:-1] - 1
         nines = trailing(data, commas[1:], length, NINE)
-        # of each step n_i -> n_i+1: n_i's digits and 9s
-        kind = (length * 16 + nines)[:-1]
+        # of each step n_i -> n_i+1: n_i's digits and 9s, and n_i+1's 9s
+        kind = (length * 256 + nines * 16)[:-1] + nines[1:]
         _, kind_of_step, count = torch.unique(kind, return_inverse=True, return_counts=True)
         self.kind_p = count.float() ** alpha / (count.float() ** alpha).sum()  # (kinds,)
         # each kind's steps together
