@@ -155,9 +155,9 @@ class StepSampler:
     equally often, so the single step 9 -> 10 would get as many windows as the training split's
     641,270 6-digit steps with no 9 at the end of n or n+1 together; in between, the rare kinds
     are boosted without starving the common ones. (Multilingual language models balance their
-    languages the same way: XLM-R samples them with alpha=0.3.) The window sits at a random offset that shows the comma before n and at
-    least the first digit of n+1: a window may end inside n+1, as the window of a prompt
-    `k,` ends inside k+4 (its first digits after a carry are written there too). Half the
+    languages the same way: XLM-R samples them with alpha=0.3.) The window sits at a random
+    offset that shows the comma before n and at least the first digit of n+1: a window may end
+    inside n+1, as the window of a prompt `k,` ends inside k+4 (its first digits after a carry are written there too). Half the
     windows then move on to the next comma, so that they begin at a number, as a prompt does: a
     prompt `k,k+1,k+2,` puts the step k+2 -> k+3 at one place in the window, and the model must
     have been shown it there. `data` must start with a comma (the training split does). The
