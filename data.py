@@ -148,20 +148,20 @@ class StepSampler:
     rare steps are the hard ones: 9999 -> 10000 changes five digits but happens once per ten
     thousand numbers, 99 -> 100 (a new length) happens once in the whole text, and the numbers
     0..99 fill only the first 291 of its 6.9M characters. So each window is centred on a step
-    n -> n+1 drawn by its *kind* (digits of n, trailing 9s of n and of n+1: 49998 -> 49999 is
-    as rare as a carry, and the model must tell it from one by the last digit alone): a kind
-    that holds a count c of the steps is drawn with probability proportional to c**alpha, then
-    one of its steps uniformly. alpha=1 keeps the text's own mix; alpha=0 draws every kind
-    equally often, so the single step 9 -> 10 would get as many windows as the training split's
-    641,270 6-digit steps with no 9 at the end of n or n+1 together; in between, the rare kinds
-    are boosted without starving the common ones. (Multilingual language models balance their
+    n -> n+1 drawn by its *kind* (digits of n, trailing 9s of n and of n+1: 49998 -> 49999 is as
+    rare as a carry, and the model must tell it from one by the last digit alone): a kind that
+    holds a count c of the steps is drawn with probability proportional to c**alpha, then one of
+    its steps uniformly. alpha=1 keeps the text's own mix; alpha=0 draws every kind equally
+    often, so the single step 9 -> 10 would get as many windows as the training split's 641,270
+    6-digit steps with no 9 at the end of n or n+1 together; in between, the rare kinds are
+    boosted without starving the common ones. (Multilingual language models balance their
     languages the same way: XLM-R samples them with alpha=0.3.) The window sits at a random
     offset that shows the comma before n and at least the first digit of n+1: a window may end
-    inside n+1, as the window of a prompt `k,` ends inside k+4 (its first digits after a carry are written there too). Half the
-    windows then move on to the next comma, so that they begin at a number, as a prompt does: a
-    prompt `k,k+1,k+2,` puts the step k+2 -> k+3 at one place in the window, and the model must
-    have been shown it there. `data` must start with a comma (the training split does). The
-    tables live on the CPU, as the random numbers do."""
+    inside n+1, as the window of a prompt `k,` ends inside k+4 (its first digits after a carry
+    are written there too). Half the windows then move on to the next comma, so that they begin
+    at a number, as a prompt does: a prompt `k,k+1,k+2,` puts the step k+2 -> k+3 at one place
+    in the window, and the model must have been shown it there. `data` must start with a comma
+    (the training split does). The tables live on the CPU, as the random numbers do."""
 
     def __init__(self, data, block_size, alpha=0.3):
         data = data.cpu()
