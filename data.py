@@ -144,24 +144,26 @@ def trailing(data, ends, length, token):
 class StepSampler:
     """Window starts that show the rare steps n -> n+1 far more often than the text does.
 
-    Uniform windows show what the text is mostly made of: 6-digit numbers with no carry. The
-    rare steps are the hard ones: 9999 -> 10000 changes five digits but happens once per ten
-    thousand numbers, 99 -> 100 (a new length) happens once in the whole text, and the numbers
-    0..99 fill only the first 291 of its 6.9M characters. So each window is centred on a step
-    n -> n+1 drawn by its *kind* (digits of n, trailing 9s of n and of n+1: 49998 -> 49999 is as
-    rare as a carry, and the model must tell it from one by the last digit alone): a kind that
-    holds a count c of the steps is drawn with probability proportional to c**alpha, then one of
-    its steps uniformly. alpha=1 keeps the text's own mix; alpha=0 draws every kind equally
-    often, so the single step 9 -> 10 would get as many windows as the training split's 641,270
-    6-digit steps with no 9 at the end of n or n+1 together; in between, the rare kinds are
-    boosted without starving the common ones. (Multilingual language models balance their
-    languages the same way: XLM-R samples them with alpha=0.3.) The window sits at a random
-    offset that shows the comma before n and at least the first digit of n+1: a window may end
-    inside n+1, as the window of a prompt `k,` ends inside k+4 (its first digits after a carry
-    are written there too). Half the windows then move on to the next comma, so that they begin
-    at a number, as a prompt does: a prompt `k,k+1,k+2,` puts the step k+2 -> k+3 at one place
-    in the window, and the model must have been shown it there. `data` must start with a comma
-    (the training split does). The tables live on the CPU, as the random numbers do."""
+    Uniform windows show what the text is mostly made of: 6-digit numbers with no carry. The rare
+    steps are the hard ones: 9999 -> 10000 changes five digits but happens once per ten thousand
+    numbers, 99 -> 100 (a new length) happens once in the whole text, and the numbers 0..99 fill
+    only the first 291 of its 6.9M characters. So each window is centred on a step n -> n+1 drawn by
+    its *kind*: the digits of n, its 9s, its trailing 9s, whether it is the first number of its
+    length, and the trailing 9s of n+1. Each of these marks a step the model must tell apart from a
+    common one: 99989 -> 99990 from a new length (99999 -> 100000), 1000 -> 1001 (whose places
+    follow 999's) from 1234 -> 1235, and 49998 -> 49999 from a carry by the last digit alone. A kind
+    that holds a count c of the steps is drawn with probability proportional to c**alpha, then one
+    of its steps uniformly. alpha=1 keeps the text's own mix; alpha=0 draws every kind equally
+    often, so the single step 9 -> 10 would get as many windows as the training split's 419,903
+    6-digit steps with no 9 in n or at the end of n+1 together; in between, the rare kinds are
+    boosted without starving the common ones. (Multilingual language models balance their languages
+    the same way: XLM-R samples them with alpha=0.3.) The window sits at a random offset that shows
+    the comma before n and at least the first digit of n+1: a window may end inside n+1, as the
+    window of a prompt `k,` ends inside k+4 (its first digits after a carry are written there too).
+    Half the windows then move on to the next comma, so that they begin at a number, as a prompt
+    does: a prompt `k,k+1,k+2,` puts the step k+2 -> k+3 at one place in the window, and the model
+    must have been shown it there. `data` must start with a comma (the training split does). The
+    tables live on the CPU, as the random numbers do."""
 
     def __init__(self, data, block_size, alpha=0.3):
         data = data.cpu()
@@ -169,8 +171,13 @@ class StepSampler:
         self.commas = commas = (data == COMMA).nonzero().squeeze(1)
         length = commas[1:] - commas[:-1] - 1
         nines = trailing(data, commas[1:], length, NINE)
-        # of each step n_i -> n_i+1: n_i's digits and 9s, and n_i+1's 9s
-        kind = (length * 256 + nines * 16)[:-1] + nines[1:]
+        seen = torch.cumsum(data == NINE, 0)
+        all_nines = seen[commas[1:]] - seen[commas[:-1]]  # 9s anywhere in the number
+        # n_i is the first number of its length (10, 100, ...): its places follow a shorter number
+        first = torch.cat([torch.ones(1, dtype=torch.long), (length[1:] != length[:-1]).long()])
+        # of each step n_i -> n_i+1: n_i's digits, 9s and trailing 9s, whether it is the first
+        # of its length, and n_i+1's trailing 9s
+        kind = (first * 65536 + length * 4096 + all_nines * 256 + nines * 16)[:-1] + nines[1:]
         _, kind_of_step, count = torch.unique(kind, return_inverse=True, return_counts=True)
         self.kind_p = count.float() ** alpha / (count.float() ** alpha).sum()  # (kinds,)
         # each kind's steps together

@@ -38,7 +38,7 @@ max_num = 1_000_000        # the text is ",0,1,2,...,max_num-1,"
 # model
 n_layer = 2
 n_head = 4
-n_embd = 64
+n_embd = 48                # narrow: a wider model has room to learn the training text by heart
 block_size = 32            # context length in characters
 dropout = 0.0
 # training
@@ -85,7 +85,7 @@ class GPTConfig:
     vocab_size: int = 11
     n_layer: int = 2
     n_head: int = 4
-    n_embd: int = 64
+    n_embd: int = 48
     dropout: float = 0.0
     comma: int = 0  # the token that ends a number: each digit's place is counted from it
 

@@ -143,12 +143,14 @@ def test_step_sampler_shows_rare_steps():
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_step_sampler_draws_kinds_as_count_to_the_alpha(alpha):
-    """A kind of step (digits of n, trailing 9s of n and of n+1) holding c of the steps n -> n+1 is
-    drawn with probability c**alpha / sum(c**alpha): alpha=1 is the text's own mix, 0 every kind alike."""
+    """A kind of step (digits of n, its 9s, its trailing 9s, whether n is the first number of its
+    length, trailing 9s of n+1) holding c of the steps n -> n+1 is drawn with probability
+    c**alpha / sum(c**alpha): alpha=1 is the text's own mix, 0 every kind alike."""
     tok, train_data, _ = load_data(10_000)
     numbers = tok.decode(train_data).split(",")[1:-1][:-1]  # a step n -> n+1 for each n but the last
     nines = lambda n: len(n) - len(n.rstrip("9"))  # noqa: E731
-    kinds = [(len(n), nines(n), nines(str(int(n) + 1))) for n in numbers]
+    kinds = [(len(n), n.count("9"), nines(n), n in ("0", "10", "100", "1000"),
+              nines(str(int(n) + 1))) for n in numbers]
     count = {k: kinds.count(k) for k in set(kinds)}
     want = sorted(c ** alpha / sum(c2 ** alpha for c2 in count.values()) for c in count.values())
     sampler = StepSampler(train_data, 16, alpha=alpha)
