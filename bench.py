@@ -9,7 +9,7 @@ Benchmarks for gpt.py, printed as tables: the figures in README.md come from her
     python bench.py --scale=True       # also: how the cost grows with max_num, 10K to 10M
                                        # (about 20 minutes)
     python bench.py --compile_check=True --peer=False   # also: is torch.compile faster here?
-    python bench.py --sweep=True       # instead: 8 seeds x 4 floating-point paths, each to
+    python bench.py --sweep=True       # instead: 8 seeds x 5 floating-point paths, each to
                                        # max_iters, in parallel (hours on 2 cores)
     python bench.py --sweep=True --sweep_tiny=True      # the same for the tests' tiny config
 
@@ -47,7 +47,7 @@ scale = False         # python gpt.py at max_num 10K, 100K, 1M and 10M: steps, t
 compile_check = False
 sweep = False         # train seeds 1..sweep_seeds on every floating-point path, in parallel
 sweep_seeds = 8
-sweep_paths = 4       # the first this many of PATHS (3: all but bfloat16, which is slow on a CPU)
+sweep_paths = 5       # the first this many of PATHS (4: all but bfloat16, which is slow on a CPU)
 sweep_tiny = False    # sweep the tests' tiny config instead of gpt.py's defaults
 sweep_args = ""       # gpt.py settings for every run of the sweep, e.g. "--n_head=8"
 out_dir = "out/bench"
@@ -60,11 +60,13 @@ TINY = ["--max_num=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block
         "--batch_size=32", "--max_iters=3000", "--eval_interval=100", "--learning_rate=3e-3",
         "--min_lr=0", "--eval_iters=2", "--full_check=False", "--long_count=0",
         "--max_new_tokens=0", "--device=cpu"]
-# the floating-point paths of the sweep: each acts as another seed. One thread each, so that a
-# run is the same whatever else runs beside it; ATEN_CPU_CAPABILITY picks torch's CPU kernels.
+# the floating-point paths of the sweep: each acts as another seed. A fixed number of threads
+# each, so that a run is the same whatever else runs beside it; ATEN_CPU_CAPABILITY picks torch's
+# CPU kernels.
 PATHS = [("this CPU's kernels", {}, []),
          ("AVX2 kernels", {"ATEN_CPU_CAPABILITY": "avx2"}, []),
          ("no vector kernels", {"ATEN_CPU_CAPABILITY": "default"}, []),
+         ("this CPU's kernels, 2 threads", {"OMP_NUM_THREADS": "2"}, []),
          ("bfloat16 autocast", {}, ["--dtype=bfloat16"])]
 # each run starts from scratch in its out_dir, replacing the last one's checkpoint
 QUIET = ["--init_from=scratch", "--full_check=False", "--long_count=0", "--max_new_tokens=0"]
@@ -76,6 +78,7 @@ PEER = ["--n_embd=384", "--n_head=6", "--n_layer=6", "--block_size=256", "--batc
 ABLATIONS = [  # the rows of README's "What mattered" table
     ("uniform windows, as in the tutorial (--window_alpha=1)", ["--window_alpha=1"]),
     ("no weight averaging (--ema_decay=0)", ["--ema_decay=0"]),
+    ("every window with its places from the right (--place_dropout=0)", ["--place_dropout=0"]),
     ("--weight_decay=0.1", ["--weight_decay=0.1"]),
     ("--n_head=8", ["--n_head=8"]),
 ]
@@ -162,8 +165,8 @@ def with_settings(args):
 
 
 def sweep_run(job):
-    """One run of the sweep, `python gpt.py` in a fresh process on one thread: what it printed,
-    read back into the figures of the sweep's table."""
+    """One run of the sweep, `python gpt.py` in a fresh process on one thread (unless its path
+    says otherwise): what it printed, read back into the figures of the sweep's table."""
     name, env, args, seed, out_dir = job
     p = subprocess.run([sys.executable, "gpt.py", *args, f"--seed={seed}", f"--out_dir={out_dir}"],
                        cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,

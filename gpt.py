@@ -41,6 +41,7 @@ n_head = 4
 n_embd = 48                # 48 rather than 64: a fifth faster a step (LOG.md has the screens)
 block_size = 32            # context length in characters
 dropout = 0.0
+place_dropout = 0.25       # share of training windows shown without places from the right
 # training
 batch_size = 64
 window_alpha = 0.3         # 1 = uniform windows, as in the tutorial; lower = rare steps more often
@@ -87,6 +88,7 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 48
     dropout: float = 0.0
+    place_dropout: float = 0.25  # in training, this share of the windows lose their places from the right
     comma: int = 0  # the token that ends a number: each digit's place is counted from it
 
     def __post_init__(self):
@@ -250,6 +252,9 @@ class GPT(nn.Module):
             left, right = (p[:, -T:] for p in digit_places(cache.tokens, self.config.comma))
         else:
             left, right = digit_places(idx, self.config.comma)            # (B, T) each
+            if self.training:  # a prompt's first number has no places from the right, so its digits
+                # are found by the place from the left: some windows practise that on every number
+                right = right * (torch.rand(B, 1, device=idx.device) >= self.config.place_dropout)
         x = self.wte(idx) + self.wpe(pos) + self.wpl(left) + self.wpr(right)  # (B, T, C)
         x = self.drop(x)
         for block in self.blocks:
@@ -366,7 +371,7 @@ def build_model(cfg, ckpt, device):
     """The model and its averaged copy, from scratch or with the checkpoint's weights."""
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=Tokenizer().vocab_size,
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                          dropout=cfg.dropout)).to(device)
+                          dropout=cfg.dropout, place_dropout=cfg.place_dropout)).to(device)
     # with ema_decay > 0 a moving average of the trained weights, which smooths away their
     # step-to-step noise; with 0 a copy of them
     ema = copy.deepcopy(model).requires_grad_(False).eval()
