@@ -88,7 +88,7 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 48
     dropout: float = 0.0
-    place_dropout: float = 0.25  # in training, this share of the windows lose their places from the right
+    place_dropout: float = 0.25  # training windows that lose their places from the right
     comma: int = 0  # the token that ends a number: each digit's place is counted from it
 
     def __post_init__(self):

@@ -305,7 +305,7 @@ def test_place_dropout_hides_the_places_from_the_right_of_whole_windows_in_train
     seen = []
     model.wpr.register_forward_hook(lambda module, args, out: seen.append(args[0]))
     idx = torch.tensor([Tokenizer().encode(",98,99,100,101,")] * 400)
-    _, right = gpt.digit_places(idx, 0)
+    _, right = gpt.digit_places(idx, model.config.comma)
     model.train()(idx)
     kept = (seen[-1] == right).all(dim=1)
     assert (kept | (seen[-1] == 0).all(dim=1)).all()   # a window keeps every place or none
