@@ -359,17 +359,22 @@ def test_every_prompt_continues_to_the_end_of_its_window(trained):
     assert result.accuracy == 1.0, result.summary()
 
 
-def test_sample_mode_continues_a_prompt_as_a_user_types_it(trained):
+def test_sample_mode_continues_a_prompt_as_a_user_types_it(trained, capsys):
     """--mode=sample as a user types it, with or without the comma in front: what the check of
     every prompt guarantees, the count on to the end of the window."""
     out_dir = trained[4]
-    for prompt in ["5,", "97,", "10,", "999,", ",8,", "9998,", "41,42,43,", "0,"]:
+    for i, prompt in enumerate(["5,", ",8,", "97,", "10,", "999,", "9998,", "41,42,43,", "0,"]):
         first = int(prompt.strip(",").split(",")[0])
         text = "," + ",".join(str(n) for n in range(first, first + 30)) + ","
         want = text[1:text.rindex(",", 0, 25) + 1]  # the numbers that end in a window of 24 (+1)
-        r = run("gpt.py", "--mode=sample", f"--out_dir={out_dir}", f"--prompt={prompt}",
-                f"--max_new_tokens={len(want) - len(prompt.lstrip(','))}")
-        assert r.returncode == 0 and r.stdout.splitlines()[-1] == want, (prompt, r.stdout, r.stderr)
+        args = ["--mode=sample", f"--out_dir={out_dir}", f"--prompt={prompt}",
+                f"--max_new_tokens={len(want) - len(prompt.lstrip(','))}"]
+        if i < 2:  # as a user runs it, in a fresh process; then, quicker, gpt.main in this one
+            r = run("gpt.py", *args)
+            assert r.returncode == 0 and r.stdout.splitlines()[-1] == want, (prompt, r.stdout, r.stderr)
+        else:
+            gpt.main(args)
+            assert capsys.readouterr().out.splitlines()[-1] == want, prompt
 
 
 @pytest.fixture(scope="module")
@@ -608,15 +613,22 @@ def test_missing_device_is_not_blamed_on_the_checkpoint(tmp_path, capsys):
         assert "--device=cuda is not on this machine; available: cpu" in err and "corrupt" not in err, err
 
 
-def test_scripts_refuse_what_gpt_refuses():
-    """One shared set of rules: bigram.py and bench.py refuse the same settings the same way."""
+def test_scripts_refuse_what_gpt_refuses(capsys):
+    """One shared set of rules: bigram.py and bench.py refuse the same settings the same way
+    (each script once in a fresh process, the rest through its main, which runs the same code)."""
     one_line_error(run("bigram.py", "--learning_rate=inf"), "--learning_rate=inf is not a finite number")
-    one_line_error(run("bigram.py", "--max_num=12", "--block_size=2"), "--max_num=12 gives a validation split")
-    one_line_error(run("bigram.py", "--device=banana"), "--device=banana is not on this machine")
-    one_line_error(run("bigram.py", "--seed=99999999999999999999"), "--seed=99999999999999999999 must be")
     one_line_error(run("bench.py", "--runs=0"), "--runs=0 must be at least 1")
-    one_line_error(run("bench.py", "--gen_numbers=20000"), "--gen_numbers=20000 is more than")
-    one_line_error(run("bench.py", "runs=3"), "write settings as --key=value, e.g. --runs=1")
+    for main, args, message in [
+            (bigram.main, ["--max_num=12", "--block_size=2"], "--max_num=12 gives a validation split"),
+            (bigram.main, ["--device=banana"], "--device=banana is not on this machine"),
+            (bigram.main, ["--seed=99999999999999999999"], "--seed=99999999999999999999 must be"),
+            (bench.main, ["--gen_numbers=20000"], "--gen_numbers=20000 is more than"),
+            (bench.main, ["runs=3"], "write settings as --key=value, e.g. --runs=1")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith("error: ") and message in err, err
+        assert err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("script", ["gpt.py", "bigram.py", "bench.py"])
@@ -630,12 +642,14 @@ def test_output_piped_into_a_reader_that_stops_early_is_no_traceback(script):
 
 
 @pytest.mark.parametrize("module", [gpt, bigram, bench])
-def test_help_lists_every_setting(module):
+def test_help_lists_every_setting(module, capsys):
     script = os.path.basename(module.__file__)
-    r = run(script, "-h" if module is gpt else "--help")
-    assert r.returncode == 0 and r.stdout.startswith(f"usage: python {script} [--key=value ...]"), r.stderr
-    assert all(f"\n{key} = " in r.stdout for key in module.DEFAULTS), r.stdout
-    assert "ema_decay = 0.99           # evaluate, sample and save a moving average" in r.stdout or module is not gpt
+    with pytest.raises(SystemExit) as exit_info:  # the fresh process of --help is the test above
+        module.main(["-h" if module is gpt else "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and out.startswith(f"usage: python {script} [--key=value ...]"), out
+    assert all(f"\n{key} = " in out for key in module.DEFAULTS), out
+    assert "ema_decay = 0.99           # evaluate, sample and save a moving average" in out or module is not gpt
 
 
 def test_compile_that_cannot_work_is_one_line(tmp_path, monkeypatch, capsys):
