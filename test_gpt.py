@@ -75,6 +75,15 @@ def one_line_error(r, message):
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
 
 
+def refused(main, args, message, capsys):
+    """The same as one_line_error, for a script's main called in this process."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and message in err, err
+    assert err.count("\n") == 1, err
+
+
 # ---------------------------------------------------------------------------------------------
 # data.py
 
@@ -583,11 +592,7 @@ def test_bfloat16_training_still_counts(tmp_path, capsys):
 def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
     # never the default out_dir: a user's own out/ckpt.pt must not change what these tests see
     args = args + ([] if any(a.startswith("--out_dir=") for a in args) else [f"--out_dir={tmp_path}"])
-    with pytest.raises(SystemExit) as exit_info:
-        gpt.main(args + (["--device=cpu"] if "device" not in args[0] else []))
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith("error: ") and message in err, err
-    assert err.count("\n") == 1
+    refused(gpt.main, args + (["--device=cpu"] if "device" not in args[0] else []), message, capsys)
 
 
 def test_out_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
@@ -624,11 +629,7 @@ def test_scripts_refuse_what_gpt_refuses(capsys):
             (bigram.main, ["--seed=99999999999999999999"], "--seed=99999999999999999999 must be"),
             (bench.main, ["--gen_numbers=20000"], "--gen_numbers=20000 is more than"),
             (bench.main, ["runs=3"], "write settings as --key=value, e.g. --runs=1")]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and err.startswith("error: ") and message in err, err
-        assert err.count("\n") == 1, err
+        refused(main, args, message, capsys)
 
 
 @pytest.mark.parametrize("script", ["gpt.py", "bigram.py", "bench.py"])
