@@ -28,8 +28,9 @@ from torch.nn import functional as F
 from attention import show_attention
 from checks import Checks, all_right, eval_line, evaluate, report
 from data import StepSampler, Tokenizer, encode_prompt, get_batch, load_data
-from settings import (SaveError, StopOnSignal, fail, finite, lock_out_dir, parse_args,
-                      pick_device, pick_dtype, progress_so_far, resume_command, save_checkpoint)
+from settings import (SaveError, StopOnSignal, check_compile, end_unfinished, fail, finite,
+                      lock_out_dir, parse_args, pick_device, pick_dtype, progress_so_far,
+                      resume_training, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -268,16 +269,12 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, use_cache=True):
         """Append max_new_tokens tokens to idx (B, T), one at a time, each chosen by
-        sample_next_token from the model's prediction for the next token.
-
-        The model sees the whole text while it fits in block_size. When it would not, the oldest
-        tokens are dropped and only the newest block_size // 2 kept, from their first comma on
-        (in a batch, the first place where every row has one): the window then begins at a
-        number, as a prompt's does. A window that begins inside a number hides where that number
-        starts; the model may be wrong there even when the whole-text check, whose windows all
-        begin at a number, is right. Dropping half at once (rather than one token per step) lets
-        the key/value cache serve the next steps, and both paths, cached and uncached, see exactly
-        the same context, so they give the same tokens."""
+        sample_next_token from the model's prediction for the next token. When the context
+        outgrows block_size, only its newest block_size // 2 tokens are kept, from their first
+        comma on (in a batch, the first place where every row has one), so that the window begins
+        at a number as a prompt's does: one that begins inside a number hides where it starts.
+        Dropping half at once lets the key/value cache serve the next steps; cached and uncached
+        see the same context, so they give the same tokens."""
         if idx.dim() != 2 or idx.size(1) == 0 or idx.is_floating_point() or idx.dtype == torch.bool:
             raise ValueError(f"idx must be token ids of shape (B, T) with T >= 1, got "
                              f"{idx.dtype} of shape {tuple(idx.shape)}")
@@ -356,17 +353,6 @@ def sync(device_type):
         torch.mps.synchronize()
 
 
-def check_compile(device):
-    """torch.compile needs a toolchain (Triton and a GPU of compute capability 7.0+, or a C++
-    compiler on the CPU): try it on a tiny function first, so that a missing one is one line."""
-    try:
-        torch.compile(lambda x: x * 2)(torch.ones(2, device=device))
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [""])[0][:120]
-        fail(f"--compile=True does not work on this machine ({type(e).__name__}: {reason}); "
-             f"run without it")
-
-
 def build_model(cfg, ckpt, device):
     """The model and its averaged copy, from scratch or with the checkpoint's weights."""
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=Tokenizer().vocab_size,
@@ -385,6 +371,19 @@ def build_model(cfg, ckpt, device):
     return model, ema
 
 
+def sample(model, cfg, device, ctx):
+    """Go on from --prompt: what a user of the trained model sees."""
+    last = int(re.findall(r"\d+", cfg.prompt)[-1])  # would the count go past the text?
+    if last + cfg.max_new_tokens // (len(str(last)) + 1) >= cfg.max_num:
+        print(f"note: the model was trained on the numbers 0 to {cfg.max_num - 1:,}; past "
+              f"them it counts as far as the beyond-the-text check of --mode=eval shows",
+              file=sys.stderr)
+    with ctx:
+        out = model.generate(encode_prompt(cfg.prompt)[None].to(device), cfg.max_new_tokens,
+                             temperature=cfg.temperature, top_k=cfg.top_k)
+    print(Tokenizer().decode(out[0, 1:]))  # without the comma in front
+
+
 def main(argv):
     """Train a GPT to count (or, with --mode, use the saved one). Returns a summary for bench.py."""
     cfg, ckpt = parse_args(argv, DEFAULTS, __file__)
@@ -397,7 +396,6 @@ def main(argv):
         torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 for float32 matmuls (Ampere+)
     if cfg.compile:
         check_compile(device)
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.mode == "train":
         lock_out_dir(cfg.out_dir)
     torch.manual_seed(cfg.seed)
@@ -408,16 +406,7 @@ def main(argv):
           f"{sum(p.numel() for p in model.parameters()):,} parameters, {cfg.n_layer} layers x "
           f"{cfg.n_head} heads x {cfg.n_embd} wide, block_size {cfg.block_size}")
     if cfg.mode == "sample":
-        last = int(re.findall(r"\d+", cfg.prompt)[-1])  # would the count go past the text?
-        if last + cfg.max_new_tokens // (len(str(last)) + 1) >= cfg.max_num:
-            print(f"note: the model was trained on the numbers 0 to {cfg.max_num - 1:,}; past "
-                  f"them it counts as far as the beyond-the-text check of --mode=eval shows",
-                  file=sys.stderr)
-        with ctx:
-            out = ema.generate(encode_prompt(cfg.prompt)[None].to(device), cfg.max_new_tokens,
-                               temperature=cfg.temperature, top_k=cfg.top_k)
-        print(Tokenizer().decode(out[0, 1:]))  # without the comma in front
-        return
+        return sample(ema, cfg, device, ctx)
     if cfg.mode == "attention":
         return show_attention(ema, cfg, device)
 
@@ -437,24 +426,20 @@ def main(argv):
           f"{len(val_data):,} val tokens, {checks.held_out.n - 1:,} held-out numbers to count")
     if cfg.mode == "eval":
         return report(ema, checks, {}, cfg, ctx)
+    return train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptdtype)
 
+
+def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptdtype):
+    """The training loop: from step 0, or from where the checkpoint left off, until every check
+    is right (stop_at_100), max_iters or max_seconds; then the report. ctx: autocast to ptdtype
+    (or nothing, for float32)."""
+    device_type = train_data.device.type
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     # the optimizer, a gradient scaler that keeps float16 gradients in range (off otherwise),
-    # and where training starts: step 0, or where the checkpoint left off, with its random state
+    # and where training starts: step 0, or the checkpoint's step with its random state
     optimizer = configure_optimizer(model, cfg, device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
-    iter_num = 0
-    if ckpt is not None:
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, RuntimeError, TypeError) as e:
-            fail(f"the checkpoint in {cfg.out_dir} holds an optimizer state that does not fit the "
-                 f"model ({type(e).__name__}); train a new one")
-        optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # else the saved one wins
-        iter_num = ckpt["iter_num"]
-        torch.set_rng_state(ckpt["rng"])
-        if device_type in ("cuda", "mps") and ckpt.get("device_type") == device_type:
-            getattr(torch, device_type).set_rng_state(ckpt["device_rng"])
-        print(f"resuming from {cfg.out_dir} at step {iter_num}")
+    iter_num = resume_training(ckpt, optimizer, cfg, device_type) if ckpt is not None else 0
     train_model = torch.compile(model) if cfg.compile else model
     params, ema_params = list(model.parameters()), list(ema.parameters())
 
@@ -484,7 +469,7 @@ def main(argv):
                 interval = time.perf_counter() - interval_start
                 train_time += interval
                 if not finite(last_loss, model, ema):
-                    stop = "diverged"
+                    stop = "diverged"  # the checkpoint on disk keeps the last finite weights
                 elif signals.signum:
                     stop = "interrupted"
                 else:
@@ -506,12 +491,13 @@ def main(argv):
                         if first_all is None and all_right(r, checks):
                             first_all = iter_num
                             print(f"every check right after {iter_num} steps")
-                        try:
-                            save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg,
-                                            progress_so_far(train_time, first_100, first_all))
-                            saved = iter_num
-                        except SaveError as e:
-                            stop, save_error = "save failed", e
+                if stop != "diverged":
+                    try:
+                        save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg,
+                                        progress_so_far(train_time, first_100, first_all))
+                        saved = iter_num
+                    except SaveError as e:
+                        stop, save_error = stop or "save failed", e
                 interval_start, interval_iter = time.perf_counter(), iter_num
 
             # when to stop: every reason, in one place
@@ -528,7 +514,8 @@ def main(argv):
             # one training step: forward, backward, clip, update
             for group in optimizer.param_groups:
                 group["lr"] = get_lr(iter_num, cfg)
-            x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, device, sampler=sampler)
+            x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, train_data.device,
+                             sampler=sampler)
             with ctx:
                 _, loss = train_model(x, y)
             optimizer.zero_grad(set_to_none=True)
@@ -547,31 +534,8 @@ def main(argv):
             iter_num += 1
 
     # the report: why training stopped, then every check of the averaged weights
-    if stop == "diverged":
-        print(f"error: training diverged by step {iter_num} (the loss or the weights are no longer "
-              f"finite); lower --learning_rate or raise --warmup_iters. {ckpt_path} was not "
-              f"overwritten.", file=sys.stderr)
-        sys.exit(1)
-    if stop == "interrupted":
-        try:
-            save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg,
-                            progress_so_far(train_time, first_100, first_all))
-            saved, message = iter_num, f"interrupted at step {iter_num}; saved {ckpt_path}."
-        except SaveError as e:
-            message = f"interrupted at step {iter_num}; error: {e}."
-        if saved is not None:
-            message += f" Resume{f' from step {saved}' if saved != iter_num else ''} with: " \
-                       f"{resume_command(cfg, DEFAULTS, __file__)}"
-        try:  # on stderr, which still reaches the terminal when stdout goes through | tee
-            print(message, file=sys.stderr)
-        except OSError:  # the terminal is gone (SIGHUP): the checkpoint is what matters
-            pass
-        sys.exit(128 + signals.signum)
-    if stop == "save failed":
-        resume = f", then resume from its step {saved} with: " \
-                 f"{resume_command(cfg, DEFAULTS, __file__)}" if saved is not None else ""
-        print(f"error: {save_error}{resume}", file=sys.stderr)
-        sys.exit(1)
+    if stop in ("diverged", "interrupted", "save failed"):  # no report: say why, exit non-zero
+        end_unfinished(stop, iter_num, saved, save_error, signals.signum, cfg, DEFAULTS, __file__)
     print(f"stopped at step {iter_num} ({stop}): {train_time:.1f}s of training, "
           f"{eval_time:.1f}s of evaluation")
     r = report(ema, checks, r, cfg, ctx)

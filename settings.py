@@ -8,8 +8,9 @@ and the precision.
 
 For gpt.py it also keeps a run from being lost, each piece one call from its loop: the settings
 reconciled with a checkpoint (parse_args), one training process per out_dir (lock_out_dir),
-checkpoints written atomically and loaded safely (save_checkpoint, load_checkpoint), Ctrl-C and
-other signals turned into "save and stop" (StopOnSignal), and the command that resumes a run.
+checkpoints written atomically and loaded safely (save_checkpoint, load_checkpoint), a resumed run
+put back where it was (resume_training), Ctrl-C and other signals turned into "save and stop"
+(StopOnSignal), and a run that ends without its report told how to go on (end_unfinished).
 """
 import math
 import os
@@ -176,6 +177,17 @@ def pick_dtype(name, device):
         return (torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False)
                 else torch.float16)
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def check_compile(device):
+    """torch.compile needs a toolchain (Triton and a GPU of compute capability 7.0+, or a C++
+    compiler on the CPU): try it on a tiny function first, so that a missing one is one line."""
+    try:
+        torch.compile(lambda x: x * 2)(torch.ones(2, device=device))
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:120]
+        fail(f"--compile=True does not work on this machine ({type(e).__name__}: {reason}); "
+             f"run without it")
 
 
 # ------------------------------------------------------------------------------------------
@@ -381,6 +393,51 @@ def load_checkpoint(path):
         raise CheckpointError(f"checkpoint {path} holds {problem} that gpt.py never writes; "
                               f"train a new one (or point --out_dir at another)")
     return ckpt
+
+
+def resume_training(ckpt, optimizer, cfg, device_type):
+    """Put a resumed run where the checkpoint left off: the optimizer's state, and the random
+    streams (the batches', and dropout's where the device has its own). Returns the step."""
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        fail(f"the checkpoint in {cfg.out_dir} holds an optimizer state that does not fit the "
+             f"model ({type(e).__name__}); train a new one")
+    optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # else the saved one wins
+    torch.set_rng_state(ckpt["rng"])
+    if device_type in ("cuda", "mps") and ckpt.get("device_type") == device_type:
+        getattr(torch, device_type).set_rng_state(ckpt["device_rng"])
+    print(f"resuming from {cfg.out_dir} at step {ckpt['iter_num']}")
+    return ckpt["iter_num"]
+
+
+def end_unfinished(stop, iter_num, saved, error, signum, cfg, defaults, path):
+    """Training that ends without its report says why and how to go on, then exits non-zero so
+    that scripts notice. stop: "diverged", "interrupted" (by the signal signum; the checkpoint
+    was just saved unless error says why not) or "save failed" (error). saved: the step of the
+    checkpoint on disk, or None. path: the script, for the resume command."""
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    resume = f" with: {resume_command(cfg, defaults, path)}"
+    if stop == "diverged":
+        code = 1
+        message = (f"error: training diverged by step {iter_num} (the loss or the weights are no "
+                   f"longer finite); lower --learning_rate or raise --warmup_iters. {ckpt_path} "
+                   f"was not overwritten.")
+    elif stop == "interrupted":
+        code = 128 + signum
+        message = f"interrupted at step {iter_num}; " + (
+            f"saved {ckpt_path}." if error is None else f"error: {error}.")
+        if saved is not None:
+            message += f" Resume{f' from step {saved}' if saved != iter_num else ''}{resume}"
+    else:
+        code = 1
+        message = f"error: {error}" + (f", then resume from its step {saved}{resume}"
+                                       if saved is not None else "")
+    try:  # on stderr, which still reaches the terminal when stdout goes through | tee
+        print(message, file=sys.stderr)
+    except OSError:  # the terminal is gone (SIGHUP): the checkpoint is what matters
+        pass
+    sys.exit(code)
 
 
 def resume_command(cfg, defaults, path):
