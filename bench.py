@@ -66,7 +66,7 @@ TINY = ["--max_num=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block
 PATHS = [("this CPU's kernels", {}, []),
          ("AVX2 kernels", {"ATEN_CPU_CAPABILITY": "avx2"}, []),
          ("no vector kernels", {"ATEN_CPU_CAPABILITY": "default"}, []),
-         ("this CPU's kernels, 2 threads", {"OMP_NUM_THREADS": "2"}, []),
+         ("AVX2 kernels, 2 threads", {"ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "2"}, []),
          ("bfloat16 autocast", {}, ["--dtype=bfloat16"])]
 # each run starts from scratch in its out_dir, replacing the last one's checkpoint
 QUIET = ["--init_from=scratch", "--full_check=False", "--long_count=0", "--max_new_tokens=0"]
@@ -75,7 +75,7 @@ PEER = ["--n_embd=384", "--n_head=6", "--n_layer=6", "--block_size=256", "--batc
         "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000",
         "--eval_iters=2"]
 # each: a name and the settings it changes from gpt.py's defaults
-ABLATIONS = [  # the rows of README's "What mattered" table
+ABLATIONS = [  # each piece of the recipe taken out (the sweeps behind them: LOG.md)
     ("uniform windows, as in the tutorial (--window_alpha=1)", ["--window_alpha=1"]),
     ("no weight averaging (--ema_decay=0)", ["--ema_decay=0"]),
     ("every window with its places from the right (--place_dropout=0)", ["--place_dropout=0"]),
