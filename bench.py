@@ -33,7 +33,8 @@ import torch
 import gpt
 from checks import count_on
 from data import CountingEval, get_batch, load_data, percent
-from settings import fail, load_checkpoint, lock_out_dir, parse_settings, pick_device
+from settings import (checkpoint_path, fail, load_checkpoint, lock_out_dir, parse_settings,
+                      pick_device)
 
 # -----------------------------------------------------------------------------
 runs = 1              # training runs of the default config (the median is reported)
@@ -225,7 +226,7 @@ def main(argv):
     if cfg.gen_numbers > 10_000:
         fail(f"--gen_numbers={cfg.gen_numbers} is more than the 10,000 held-out numbers a stream "
              f"can count on; use at most 10000")
-    if os.path.exists(os.path.join(cfg.out_dir, "ckpt.pt")) \
+    if os.path.exists(checkpoint_path(cfg.out_dir)) \
             and not os.path.exists(os.path.join(cfg.out_dir, "BENCH")):
         fail(f"--out_dir={cfg.out_dir} holds a trained model, and bench.py trains over its "
              f"out_dir; pick another --out_dir")
@@ -274,7 +275,7 @@ def main(argv):
 
     print(f"\n## Generation: greedy counting of {cfg.gen_numbers:,} held-out numbers per stream, "
           f"last run's model\n")
-    ckpt = load_checkpoint(f"{cfg.out_dir}/ckpt.pt")
+    ckpt = load_checkpoint(checkpoint_path(cfg.out_dir))
     model = gpt.GPT(gpt.GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()

@@ -28,9 +28,9 @@ from torch.nn import functional as F
 from attention import show_attention
 from checks import Checks, all_right, eval_line, evaluate, report
 from data import StepSampler, Tokenizer, encode_prompt, get_batch, load_data
-from settings import (SaveError, StopOnSignal, check_compile, end_unfinished, fail, finite,
-                      lock_out_dir, parse_args, pick_device, pick_dtype, progress_so_far,
-                      resume_training, save_checkpoint)
+from settings import (SaveError, StopOnSignal, check_compile, checkpoint_path, end_unfinished,
+                      fail, finite, lock_out_dir, parse_args, pick_device, pick_dtype,
+                      progress_so_far, resume_training, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -434,7 +434,7 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptd
     is right (stop_at_100), max_iters or max_seconds; then the report. ctx: autocast to ptdtype
     (or nothing, for float32)."""
     device_type = train_data.device.type
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt_path = checkpoint_path(cfg.out_dir)
     # the optimizer, a gradient scaler that keeps float16 gradients in range (off otherwise),
     # and where training starts: step 0, or the checkpoint's step with its random state
     optimizer = configure_optimizer(model, cfg, device_type)

@@ -193,6 +193,11 @@ def check_compile(device):
 # ------------------------------------------------------------------------------------------
 # gpt.py's runs: settings with a checkpoint, the out_dir lock, checkpoints, signals
 
+def checkpoint_path(out_dir):
+    """Where the run in out_dir keeps its checkpoint."""
+    return os.path.join(out_dir, "ckpt.pt")
+
+
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size")  # a checkpoint fixes these (and seed)
 # a run's own, never taken from a checkpoint: what to do, where, on which machine
 RUN_KEYS = ("mode", "init_from", "out_dir", "device", "dtype", "compile")
@@ -203,7 +208,7 @@ def parse_args(argv, defaults, path):
     checked for sense. Every mode but training from scratch loads the checkpoint, whose saved
     settings then stand in for the defaults. Returns the settings and the checkpoint (or None)."""
     cfg, given = parse_settings(argv, defaults, path)
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt_path = checkpoint_path(cfg.out_dir)
     ckpt = None
     if cfg.mode != "train" or cfg.init_from == "resume":
         if cfg.mode == "train":  # lock first: another run must not save after we read
@@ -416,7 +421,7 @@ def end_unfinished(stop, iter_num, saved, error, signum, cfg, defaults, path):
     that scripts notice. stop: "diverged", "interrupted" (by the signal signum; the checkpoint
     was just saved unless error says why not) or "save failed" (error). saved: the step of the
     checkpoint on disk, or None. path: the script, for the resume command."""
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt_path = checkpoint_path(cfg.out_dir)
     resume = f" with: {resume_command(cfg, defaults, path)}"
     if stop == "diverged":
         code = 1
