@@ -46,7 +46,8 @@ class BigramLanguageModel(nn.Module):
         loss = None
         if targets is not None:
             B, T, V = logits.shape
-            loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T))
+            # targets of -1 (the window's first number, see get_batch) are not scored
+            loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()

@@ -112,16 +112,20 @@ def load_data(max_num=1_000_000, val_frac=VAL_FRAC):
 
 def get_batch(data, batch_size, block_size, device, generator=None, sampler=None):
     """A batch of random windows: x is block_size tokens, y is the same window shifted by one,
-    so y[b, t] is the token that follows x[b, :t+1]. Windows start uniformly at random, or
-    where `sampler` (a StepSampler) puts them. The starts are drawn on the CPU, so a seed gives
-    the same batches on every device; the windows are gathered where the data lives."""
+    so y[b, t] is the token that follows x[b, :t+1], or -1 where it is not scored. Windows
+    start uniformly at random, or where `sampler` (a StepSampler) puts them. The starts are drawn
+    on the CPU, so a seed gives the same batches on every device; the windows are gathered where
+    the data lives."""
     if sampler is None:
         ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     else:
         ix = sampler(batch_size, generator)
     pos = ix[:, None].to(data.device) + torch.arange(block_size, device=data.device)  # (B, T)
-    x, y = data[pos], data[pos + 1]                                                  # (B, T) each
-    return x.to(device, torch.long), y.to(device, torch.long)
+    x, y = data[pos].to(device, torch.long), data[pos + 1].to(device, torch.long)  # (B, T) each
+    # nothing in the window says what its first whole number is (the number before it is cut
+    # off), so its digits, its comma and the part-number before it are not scored: target -1
+    y[(x == COMMA).cumsum(dim=1) < 2] = -1
+    return x, y
 
 
 def encode_prompt(text):

@@ -42,7 +42,7 @@ n_head = 4
 n_embd = 48                # 48 rather than 64: a fifth faster a step (LOG.md has the screens)
 block_size = 32            # context length in characters
 dropout = 0.0
-place_dropout = 0.25       # share of training windows shown without places from the right
+place_dropout = 0.5        # share of training windows shown without places from the right
 # training
 batch_size = 64
 window_alpha = 0.3         # 1 = uniform windows, as in the tutorial; lower = rare steps more often
@@ -89,7 +89,7 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 48
     dropout: float = 0.0
-    place_dropout: float = 0.25  # training windows that lose their places from the right
+    place_dropout: float = 0.5  # training windows that lose their places from the right
     comma: int = 0  # the token that ends a number: each digit's place is counted from it
 
     def __post_init__(self):
@@ -240,8 +240,9 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, cache=None, weights=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy loss
-        against targets (B, T) if given. cache: a KVCache (generation); weights: a list that
-        receives each layer's attention weights (B, n_head, T, T_all)."""
+        against targets (B, T) if given, over the targets that are not -1. cache: a KVCache
+        (generation); weights: a list that receives each layer's attention weights
+        (B, n_head, T, T_all)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0                     # tokens already cached
         if start + T > self.config.block_size:
@@ -263,7 +264,8 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))                                # (B, T, vocab_size)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+            loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T),
+                                   ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()
