@@ -50,7 +50,7 @@ max_iters = 2000           # length of the cosine schedule; stop_at_100 usually 
 learning_rate = 3e-3
 min_lr = 0.0               # the cosine decay ends here
 warmup_iters = 100
-weight_decay = 0.5         # strong, to prefer the one rule that counts every number over shortcuts
+weight_decay = 0.1         # mild: once the loss is ~0, a strong decay wears the rule down (LOG.md)
 ema_decay = 0.99           # evaluate, sample and save a moving average of the weights (0 = raw)
 grad_clip = 1.0            # clip the gradient norm at this (0 = off)
 eval_interval = 250        # evaluate (loss and exact counting checks) every this many steps
