@@ -58,6 +58,7 @@ RULES = [
     ("grad_clip", lambda v: v >= 0, "0 or more (0 = off)"),
     ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("place_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1) (0 = plain cross-entropy)"),
     ("window_alpha", lambda v: 0 <= v <= 1, "in [0, 1] (1 = uniform windows)"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0 = no averaging)"),
     ("temperature", lambda v: v == 0 or 1e-3 <= v,

@@ -356,10 +356,10 @@ def test_gpt_loss_decreases(tmp_path, capsys):
     gpt.main(tiny("--max_iters=300", "--eval_interval=300", f"--out_dir={tmp_path}", base=SMALL))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
     first, last = (float(line.split("train ")[1].split()[0]) for line in (lines[0], lines[-1]))
-    # measured over seeds 1337, 1 and 2, AVX2 and no vector kernels: 2.36-2.45 -> 0.016-0.034. The
+    # measured over seeds 1337 and 1-3, AVX2 and no vector kernels: 2.37-2.45 -> 0.527-0.534. The
     # bigram's best is 2.26; the scored targets all follow from the number before, so a model that
-    # has found how drives the loss towards 0.
-    assert first > 2.3 and last < 0.2, (first, last)
+    # has found how gets close to 0.514, the floor that label smoothing 0.1 sets.
+    assert first > 2.3 and last < 0.6, (first, last)
 
 
 def test_trained_gpt_counts_held_out(trained):
@@ -397,7 +397,7 @@ def test_sample_mode_continues_a_prompt_as_a_user_types_it(trained, capsys):
 @pytest.fixture(scope="module")
 def half_trained(tmp_path_factory):
     """The tiny GPT after 200 steps: it gets some held-out numbers right and some wrong (measured
-    over seeds 1337, 1339 and 1341 on two kernels: 60.6%-95.2% right)."""
+    over seeds 1337, 1339 and 1341 on two kernels: 68.5%-94.4% right)."""
     out_dir = tmp_path_factory.mktemp("half_trained")
     with contextlib.redirect_stdout(io.StringIO()):
         gpt.main(tiny(f"--out_dir={out_dir}", "--max_iters=200", "--eval_interval=200", "--stop_at_100=False"))
@@ -524,10 +524,10 @@ def test_attention_mode_shows_every_head_for_every_character_written(trained):
 
 
 def test_a_head_attends_to_the_aligned_digit_of_the_previous_number(trained):
-    """What --mode=attention measures, as found on the tiny model over seeds 1-3 and 1337-1341 on
+    """What --mode=attention measures, as found on the tiny model over seeds 1337, 1339 and 1341 on
     two kernels (AVX2, none): while writing a digit of n+1 that is copied from n, some head puts
-    most of its weight on that digit of n (0.96-1.00 on average), and some head on n's later
-    digits, which say whether a carry reaches it (0.91-0.97). With the places it is a layer-1 head."""
+    most of its weight on that digit of n (0.92-0.97 on average), and some head on n's later
+    digits, which say whether a carry reaches it (0.81-0.89). With the places it is a layer-1 head."""
     model, _, val_data, _, _ = trained
     table, _, _ = attention.attention_table(model, CountingEval(val_data, 24))  # (layer, head, copied/changed, part)
     same_digit, later_digits = table[:, :, 0, 0].max().item(), table[:, :, 0, 1].max().item()
