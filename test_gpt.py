@@ -331,6 +331,19 @@ def test_place_dropout_hides_the_places_from_the_right_of_whole_windows_in_train
     assert torch.equal(seen[-1], right)                 # checks and generation always see them
 
 
+def test_loss_skips_the_targets_marked_minus_1_and_aims_at_0_91_for_the_rest():
+    """Label smoothing 0.1 over 11 tokens: each scored target is 0.9 on the right token plus 0.1
+    spread over all 11, so the loss is lowest at a finite gap between the logits, never at 0."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    x, y = torch.randint(0, 11, (2, 8)), torch.randint(0, 11, (2, 8))
+    y[:, :3] = -1                                                # not scored
+    logits, loss = model(x, y)
+    logp = torch.log_softmax(logits[:, 3:], dim=-1)              # (B, 5, vocab_size)
+    want = -(0.9 * logp.gather(-1, y[:, 3:, None]) + 0.1 * logp.mean(-1, keepdim=True)).mean()
+    assert torch.allclose(loss, want), (loss, want)
+
+
 def test_written_out_attention_matches_the_fused_kernel():
     """The path that keeps the weights (q·kᵀ/√d, causal mask, softmax, ·v) computes what
     F.scaled_dot_product_attention does, with and without the key/value cache."""
