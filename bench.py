@@ -80,7 +80,7 @@ ABLATIONS = [  # each piece of the recipe taken out (the sweeps behind them: LOG
     ("uniform windows, as in the tutorial (--window_alpha=1)", ["--window_alpha=1"]),
     ("no weight averaging (--ema_decay=0)", ["--ema_decay=0"]),
     ("every window with its places from the right (--place_dropout=0)", ["--place_dropout=0"]),
-    ("mild weight decay (--weight_decay=0.1)", ["--weight_decay=0.1"]),
+    ("nanoGPT's weight decay (--weight_decay=0.1)", ["--weight_decay=0.1"]),
     ("hard targets, no label smoothing (--label_smoothing=0)", ["--label_smoothing=0"]),
     ("--n_head=8", ["--n_head=8"]),
 ]
