@@ -9,7 +9,6 @@ Benchmarks for gpt.py, printed as tables: the figures in README.md come from her
     python bench.py --scale=True       # also: how the cost grows with max_num, 10K to 10M
                                        # (about 20 minutes)
     python bench.py --compile_check=True --peer=False   # also: is torch.compile faster here?
-    python bench.py --shift_check=True --peer=False     # also: what shifting the places costs
     python bench.py --sweep=True       # instead: 8 seeds x 5 floating-point paths, each to
                                        # max_iters, in parallel (hours on 2 cores)
     python bench.py --sweep=True --sweep_tiny=True      # the same for the tests' tiny config
@@ -47,7 +46,6 @@ ablations = False     # one run per variant in ABLATIONS
 scale = False         # python gpt.py at max_num 10K, 100K, 1M and 10M: steps, time, memory
 # time training steps eager vs torch.compile (the compile flag's default rests on this)
 compile_check = False
-shift_check = False   # time training steps with places shifted (place_shift) and without
 sweep = False         # train seeds 1..sweep_seeds on every floating-point path, in parallel
 sweep_seeds = 8
 sweep_paths = 5       # the first this many of PATHS (4: all but bfloat16, which is slow on a CPU)
@@ -58,12 +56,11 @@ out_dir = "out/bench"
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and type(v) in (int, float, bool, str)}
 
-# the tests' tiny GPT (test_gpt.py trains it): 100,000 numbers, 48 wide, windows of 24; its
-# numbers are a digit shorter, and its places shifted by up to 2 (with 3 a run lost its text)
+# the tests' tiny GPT (test_gpt.py trains it): 100,000 numbers, 48 wide, windows of 24
 TINY = ["--max_num=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block_size=24",
         "--batch_size=32", "--max_iters=3000", "--eval_interval=100", "--learning_rate=3e-3",
         "--min_lr=0", "--eval_iters=2", "--full_check=False", "--long_count=0",
-        "--max_new_tokens=0", "--device=cpu", "--place_shift=2"]
+        "--max_new_tokens=0", "--device=cpu"]
 # the floating-point paths of the sweep: each acts as another seed. A fixed number of threads
 # each, so that a run is the same whatever else runs beside it; ATEN_CPU_CAPABILITY picks torch's
 # CPU kernels.
@@ -72,10 +69,8 @@ PATHS = [("this CPU's kernels", {}, []),
          ("no vector kernels", {"ATEN_CPU_CAPABILITY": "default"}, []),
          ("AVX2 kernels, 2 threads", {"ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "2"}, []),
          ("bfloat16 autocast", {}, ["--dtype=bfloat16"])]
-# each run starts from scratch in its out_dir, replacing the last one's checkpoint, and stops at
-# its first evaluation with every held-out number right
-QUIET = ["--init_from=scratch", "--full_check=False", "--stop_at_100=True", "--long_count=0",
-         "--max_new_tokens=0"]
+# each run starts from scratch in its out_dir, replacing the last one's checkpoint
+QUIET = ["--init_from=scratch", "--full_check=False", "--long_count=0", "--max_new_tokens=0"]
 # what a learner would copy from ng-video-lecture (Karpathy's "Let's build GPT")
 PEER = ["--n_embd=384", "--n_head=6", "--n_layer=6", "--block_size=256", "--batch_size=64",
         "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000",
@@ -85,7 +80,6 @@ ABLATIONS = [  # each piece of the recipe taken out (the sweeps behind them: LOG
     ("uniform windows, as in the tutorial (--window_alpha=1)", ["--window_alpha=1"]),
     ("no weight averaging (--ema_decay=0)", ["--ema_decay=0"]),
     ("every window with its places from the right (--place_dropout=0)", ["--place_dropout=0"]),
-    ("places as they are, never shifted (--place_shift=0)", ["--place_shift=0"]),
     ("nanoGPT's weight decay (--weight_decay=0.1)", ["--weight_decay=0.1"]),
     ("hard targets, no label smoothing (--label_smoothing=0)", ["--label_smoothing=0"]),
     ("--n_head=8", ["--n_head=8"]),
@@ -140,12 +134,12 @@ def found(pattern, text, default="-"):
     return m.group(1) if m else default
 
 
-def step_times(compiled, train_data, steps=200, place_shift=gpt.place_shift):
+def step_times(compiled, train_data, steps=200):
     """Seconds for the first training step (where torch.compile compiles) and ms per step after
     it: gpt.py's default model, AdamW, batches of 64 x 32, the same batches either way."""
     torch.manual_seed(0)
     device = train_data.device
-    model = gpt.GPT(gpt.GPTConfig(place_shift=place_shift)).to(device)
+    model = gpt.GPT(gpt.GPTConfig()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=gpt.learning_rate)
     forward = torch.compile(model) if compiled else model
     times = []
@@ -328,17 +322,6 @@ def main(argv):
                   flush=True)
         print(f"compiled / eager step time: {min(ms[True]) / min(ms[False]):.2f} "
               f"(best of two each)")
-
-    if cfg.shift_check:
-        train_data = train_data.to(device)
-        print(f"\n## Places shifted or not: training steps of the default model on {device}, "
-              f"alternated\n\n| place_shift | ms/step |\n|---|---|")
-        ms = {0: [], gpt.place_shift: []}
-        for shift in (0, gpt.place_shift) * 3:
-            ms[shift].append(step_times(False, train_data, place_shift=shift)[1])
-            print(f"| {shift} | {ms[shift][-1]:.1f} |", flush=True)
-        print(f"shifted / not, step time: {min(ms[gpt.place_shift]) / min(ms[0]):.2f} "
-              f"(best of three each)")
 
     if cfg.ablations:
         print(f"\n## Ablations: one run each, gpt.py defaults with one change\n\n{header}")
