@@ -9,6 +9,7 @@ Benchmarks for gpt.py, printed as tables: the figures in README.md come from her
     python bench.py --scale=True       # also: how the cost grows with max_num, 10K to 10M
                                        # (about 20 minutes)
     python bench.py --compile_check=True --peer=False   # also: is torch.compile faster here?
+    python bench.py --shift_check=True --peer=False     # also: what shifting the places costs
     python bench.py --sweep=True       # instead: 8 seeds x 5 floating-point paths, each to
                                        # max_iters, in parallel (hours on 2 cores)
     python bench.py --sweep=True --sweep_tiny=True      # the same for the tests' tiny config
@@ -46,6 +47,7 @@ ablations = False     # one run per variant in ABLATIONS
 scale = False         # python gpt.py at max_num 10K, 100K, 1M and 10M: steps, time, memory
 # time training steps eager vs torch.compile (the compile flag's default rests on this)
 compile_check = False
+shift_check = False   # time training steps with places shifted (place_shift) and without
 sweep = False         # train seeds 1..sweep_seeds on every floating-point path, in parallel
 sweep_seeds = 8
 sweep_paths = 5       # the first this many of PATHS (4: all but bfloat16, which is slow on a CPU)
@@ -56,11 +58,12 @@ out_dir = "out/bench"
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and type(v) in (int, float, bool, str)}
 
-# the tests' tiny GPT (test_gpt.py trains it): 100,000 numbers, 48 wide, windows of 24
+# the tests' tiny GPT (test_gpt.py trains it): 100,000 numbers, 48 wide, windows of 24; its
+# numbers are a digit shorter, so its places are shifted by up to 2, not 3 (measured so: LOG.md)
 TINY = ["--max_num=100000", "--n_layer=2", "--n_head=4", "--n_embd=48", "--block_size=24",
         "--batch_size=32", "--max_iters=3000", "--eval_interval=100", "--learning_rate=3e-3",
         "--min_lr=0", "--eval_iters=2", "--full_check=False", "--long_count=0",
-        "--max_new_tokens=0", "--device=cpu"]
+        "--max_new_tokens=0", "--device=cpu", "--place_shift=2"]
 # the floating-point paths of the sweep: each acts as another seed. A fixed number of threads
 # each, so that a run is the same whatever else runs beside it; ATEN_CPU_CAPABILITY picks torch's
 # CPU kernels.
@@ -69,8 +72,10 @@ PATHS = [("this CPU's kernels", {}, []),
          ("no vector kernels", {"ATEN_CPU_CAPABILITY": "default"}, []),
          ("AVX2 kernels, 2 threads", {"ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "2"}, []),
          ("bfloat16 autocast", {}, ["--dtype=bfloat16"])]
-# each run starts from scratch in its out_dir, replacing the last one's checkpoint
-QUIET = ["--init_from=scratch", "--full_check=False", "--long_count=0", "--max_new_tokens=0"]
+# each run starts from scratch in its out_dir, replacing the last one's checkpoint, and stops at
+# its first evaluation with every held-out number right
+QUIET = ["--init_from=scratch", "--full_check=False", "--stop_at_100=True", "--long_count=0",
+         "--max_new_tokens=0"]
 # what a learner would copy from ng-video-lecture (Karpathy's "Let's build GPT")
 PEER = ["--n_embd=384", "--n_head=6", "--n_layer=6", "--block_size=256", "--batch_size=64",
         "--learning_rate=3e-4", "--min_lr=3e-5", "--dropout=0.2", "--eval_interval=1000000",
@@ -80,6 +85,7 @@ ABLATIONS = [  # each piece of the recipe taken out (the sweeps behind them: LOG
     ("uniform windows, as in the tutorial (--window_alpha=1)", ["--window_alpha=1"]),
     ("no weight averaging (--ema_decay=0)", ["--ema_decay=0"]),
     ("every window with its places from the right (--place_dropout=0)", ["--place_dropout=0"]),
+    ("places as they are, never shifted (--place_shift=0)", ["--place_shift=0"]),
     ("nanoGPT's weight decay (--weight_decay=0.1)", ["--weight_decay=0.1"]),
     ("hard targets, no label smoothing (--label_smoothing=0)", ["--label_smoothing=0"]),
     ("--n_head=8", ["--n_head=8"]),
@@ -134,12 +140,12 @@ def found(pattern, text, default="-"):
     return m.group(1) if m else default
 
 
-def step_times(compiled, train_data, steps=200):
+def step_times(compiled, train_data, steps=200, place_shift=gpt.place_shift):
     """Seconds for the first training step (where torch.compile compiles) and ms per step after
     it: gpt.py's default model, AdamW, batches of 64 x 32, the same batches either way."""
     torch.manual_seed(0)
     device = train_data.device
-    model = gpt.GPT(gpt.GPTConfig()).to(device)
+    model = gpt.GPT(gpt.GPTConfig(place_shift=place_shift)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=gpt.learning_rate)
     forward = torch.compile(model) if compiled else model
     times = []
@@ -180,7 +186,7 @@ def sweep_run(job):
         sys.exit(f"python gpt.py {' '.join(args)} --seed={seed} ({name}) failed:\n{out}")
     check = r"\n{}[^:\n]*: counting accuracy (\S+) \(\d+/\d+\), margin (\S+)"
     return {"path": name, "seed": seed, "counts": p.returncode == 0,
-            "first": found(r"every check right after (\d+) steps", out, None),
+            "first": found(r"every held-out number counted right after (\d+) steps", out, None),
             **{key: re.search(check.format(label), out) for key, label in (
                 ("held", "held-out"), ("whole", "whole text"), ("beyond", "beyond the text"))},
             "stretch": found(r"\nstretch, [^:]*: (\w+)", out)}
@@ -188,8 +194,8 @@ def sweep_run(job):
 
 def run_sweep(cfg):
     """Seeds 1..sweep_seeds on each floating-point path, as many runs at once as there are
-    cores, each trained to max_iters (--stop_at_100=False): when every check was first right,
-    and whether every check is still right at the end, with the margins."""
+    cores, each trained to max_iters (--stop_at_100=False): when every held-out number was
+    first right, and whether every check is right at the end, with the margins."""
     base = TINY + ["--full_check=True"] if cfg.sweep_tiny else ["--max_new_tokens=0"]
     paths = PATHS[:cfg.sweep_paths] \
         + [("CUDA, --dtype=auto", {}, ["--device=cuda"])] * torch.cuda.is_available()
@@ -201,7 +207,7 @@ def run_sweep(cfg):
         os.makedirs(job[4], exist_ok=True)
     print(f"\n## Sweep: {'the tiny config' if cfg.sweep_tiny else 'gpt.py defaults'} "
           f"{cfg.sweep_args}, seeds 1-{cfg.sweep_seeds} x {len(paths)} paths, each to max_iters, "
-          f"{os.cpu_count()} at once\n\n| path | seed | every check first right at step "
+          f"{os.cpu_count()} at once\n\n| path | seed | held-out first all right at step "
           f"| at the end | held-out margin | whole-text margin | beyond the text | margin "
           f"| stretch |\n"
           f"|---|---|---|---|---|---|---|---|---|", flush=True)
@@ -216,10 +222,11 @@ def run_sweep(cfg):
             print("| " + " | ".join(map(str, cells + [r["stretch"]])) + " |", flush=True)
     firsts = sorted(int(r["first"]) for r in results if r["first"])
     margins = [float(r[k][2]) for r in results for k in ("held", "whole") if r[k]]
-    print(f"{len(firsts)}/{len(results)} runs had every check right at some evaluation (step "
-          f"median {statistics.median(firsts) if firsts else '-'}, max "
+    print(f"{len(firsts)}/{len(results)} runs had every held-out number right at some "
+          f"evaluation (step median {statistics.median(firsts) if firsts else '-'}, max "
           f"{max(firsts) if firsts else '-'}); {sum(r['counts'] for r in results)}/{len(results)} "
-          f"at the end; smallest margin {min(margins) if margins else float('nan'):.2f}")
+          f"had every check right at the end; smallest margin "
+          f"{min(margins) if margins else float('nan'):.2f}")
 
 
 def main(argv):
@@ -244,7 +251,7 @@ def main(argv):
         seconds, peak, out = run_gpt([f"--out_dir={cfg.out_dir}/whole", "--init_from=scratch"])
         cells = [f"{seconds:.1f}"] + [found(p, out) for p in (
             r"stopped at step (\d+)", r"([\d.]+)s of training,", r"([\d.]+)s of evaluation",
-            r"held-out: counting accuracy (\S+)", r"whole text: counting accuracy (\S+)",
+            r"held-out: counting accuracy (\S+)", r"whole text[^:\n]*: counting accuracy (\S+)",
             r"counting from 0, to \d+: (.*)", r"in all: (.*?) \(",
         )] + [f"{peak / 2**20:,.0f} MB" if peak else "-"]
         print("\n## The whole command: python gpt.py (a fresh process)\n\n"
@@ -322,6 +329,17 @@ def main(argv):
                   flush=True)
         print(f"compiled / eager step time: {min(ms[True]) / min(ms[False]):.2f} "
               f"(best of two each)")
+
+    if cfg.shift_check:
+        train_data = train_data.to(device)
+        print(f"\n## Places shifted or not: training steps of the default model on {device}, "
+              f"alternated\n\n| place_shift | ms/step |\n|---|---|")
+        ms = {0: [], gpt.place_shift: []}
+        for shift in (0, gpt.place_shift) * 3:
+            ms[shift].append(step_times(False, train_data, place_shift=shift)[1])
+            print(f"| {shift} | {ms[shift][-1]:.1f} |", flush=True)
+        print(f"shifted / not, step time: {min(ms[gpt.place_shift]) / min(ms[0]):.2f} "
+              f"(best of three each)")
 
     if cfg.ablations:
         print(f"\n## Ablations: one run each, gpt.py defaults with one change\n\n{header}")

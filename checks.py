@@ -75,9 +75,9 @@ class Checks:
 def evaluate(model, checks, ctx, dear=True):
     """The exact checks, from the cheapest to the dearest, each only once the ones before it are
     all right: every held-out number (seconds), then, while dear, the count from 0, (about a
-    second) and every step of the whole text (about ten held-out checks' worth). Training asks
-    for the dear checks until they have all been right once; the final report runs every check
-    again."""
+    second) and every step of the whole text (about ten held-out checks' worth). Training that
+    stops at the first all-right evaluation asks for the dear checks until they have all been
+    right once; the final report runs every check again."""
     r = {}
     with ctx:
         r["held-out"] = checks.held_out(model)

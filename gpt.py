@@ -1,7 +1,7 @@
 """
 A character-level GPT that learns to count: the model, its training loop, evaluation and generation.
 
-    python gpt.py                                 # train until it counts, then show it
+    python gpt.py                                 # train it to count, then check everything
     python gpt.py --n_layer=4 --learning_rate=1e-3  # any setting below as --key=value (see --help)
     python gpt.py --mode=sample --prompt=41,42,   # continue a prompt with the saved out/ckpt.pt
     python gpt.py --mode=eval                     # every exact check of the saved model
@@ -43,11 +43,13 @@ n_embd = 48                # 48 rather than 64: a fifth faster a step (LOG.md ha
 block_size = 32            # context length in characters
 dropout = 0.0
 place_dropout = 0.5        # share of training windows shown without places from the right
+place_shift = 3            # raise a training window's places by up to this: see shift_places
+shift_share = 0.5          # share of training windows whose places are raised
 label_smoothing = 0.1      # the loss aims at about 0.9, not 1, for the right token: see GPTConfig
 # training
 batch_size = 64
 window_alpha = 0.3         # 1 = uniform windows, as in the tutorial; lower = rare steps more often
-max_iters = 2000           # length of the cosine schedule; stop_at_100 usually stops far sooner
+max_iters = 2000           # length of the cosine schedule
 learning_rate = 3e-3
 min_lr = 0.0               # the cosine decay ends here
 warmup_iters = 100
@@ -56,7 +58,7 @@ ema_decay = 0.99           # evaluate, sample and save a moving average of the w
 grad_clip = 1.0            # clip the gradient norm at this (0 = off)
 eval_interval = 250        # evaluate (loss and exact counting checks) every this many steps
 eval_iters = 20            # batches per loss estimate
-stop_at_100 = True         # stop at the first evaluation where every check is right
+stop_at_100 = False        # True: stop once every check of the text is right (past it: later)
 max_seconds = 0.0          # stop after this much training time, not counting evaluation (0 = off)
 # system
 device = "auto"            # auto = cuda, else mps, else cpu
@@ -91,6 +93,8 @@ class GPTConfig:
     n_embd: int = 48
     dropout: float = 0.0
     place_dropout: float = 0.5  # training windows that lose their places from the right
+    place_shift: int = 3        # training windows' places raised by 0..place_shift
+    shift_share: float = 0.5    # the share of training windows raised
     # a loss that aims at 0.91 for the right token (and 0.009 for each other) is lowest at a
     # finite logit gap, so it never fades to 0: every number keeps being pulled to that gap
     label_smoothing: float = 0.1
@@ -136,6 +140,21 @@ def digit_places(idx, comma):
     left = torch.where(last > 0, pos - last, 0)
     length = last - before - 1                                     # the number before's digits
     right = torch.where(before > 0, length - left + 2, 0).clamp(min=0)  # 0 also: 2+ digits longer
+    return left, right
+
+
+def shift_places(left, right, most, share):
+    """Training only: raise the places of a share of the windows by a random 0..most, one draw
+    per window for the places from the left and from the right alike, so that the places of a
+    number longer than any in the text (7th from the left, 8th from the right) are trained on the
+    text's own numbers (McLeish et al. 2024). The first digit (left 1), the ones and the digit past
+    them (right 2 and 1) keep theirs: n+1 is longer than n when n is all 9s, and that is read
+    between where n begins and where its ones are. (B, T) each -> (B, T) each."""
+    B = left.size(0)
+    shifted = (torch.rand(B, 1, device=left.device) < share).long()                  # (B, 1)
+    k = torch.randint(0, most + 1, (B, 1), device=left.device) * shifted             # (B, 1)
+    left = torch.where(left >= 2, left + k, left)
+    right = torch.where(right >= 3, right + k, right)
     return left, right
 
 
@@ -225,8 +244,9 @@ class GPT(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token -> vector
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position -> vector
-        self.wpl = nn.Embedding(config.block_size, config.n_embd)  # place from the left -> vector
-        self.wpr = nn.Embedding(config.block_size + 1, config.n_embd)  # from the right -> vector
+        places = config.block_size + config.place_shift  # the most a shifted place reaches
+        self.wpl = nn.Embedding(places, config.n_embd)      # place from the left -> vector
+        self.wpr = nn.Embedding(places + 1, config.n_embd)  # place from the right -> vector
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)
@@ -261,6 +281,8 @@ class GPT(nn.Module):
             if self.training:  # a prompt's first number has no places from the right, so its digits
                 # are found by the place from the left: some windows practise that on every number
                 right = right * (torch.rand(B, 1, device=idx.device) >= self.config.place_dropout)
+                left, right = shift_places(left, right, self.config.place_shift,
+                                           self.config.shift_share)
         x = self.wte(idx) + self.wpe(pos) + self.wpl(left) + self.wpr(right)  # (B, T, C)
         x = self.drop(x)
         for block in self.blocks:
@@ -364,7 +386,8 @@ def build_model(cfg, ckpt, device):
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=Tokenizer().vocab_size,
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                           dropout=cfg.dropout, place_dropout=cfg.place_dropout,
-                          label_smoothing=cfg.label_smoothing)).to(device)
+                          label_smoothing=cfg.label_smoothing, place_shift=cfg.place_shift,
+                          shift_share=cfg.shift_share)).to(device)
     # with ema_decay > 0 a moving average of the trained weights, which smooths away their
     # step-to-step noise; with 0 a copy of them
     ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -482,7 +505,10 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptd
                 else:
                     t_eval = time.perf_counter()
                     losses = estimate_loss(ema, {"train": train_data, "val": val_data}, cfg, ctx)
-                    r = {"loss": losses, **evaluate(ema, checks, ctx, dear=first_all is None)}
+                    # the dear checks only decide when to stop: without stop_at_100 they wait
+                    # for the report, which runs every check on the final weights
+                    dear = cfg.stop_at_100 and first_all is None
+                    r = {"loss": losses, **evaluate(ema, checks, ctx, dear=dear)}
                     eval_time += time.perf_counter() - t_eval
                     if not finite(*r["loss"].values()):  # finite weights can still overflow
                         stop = "diverged"

@@ -58,6 +58,8 @@ RULES = [
     ("grad_clip", lambda v: v >= 0, "0 or more (0 = off)"),
     ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("place_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("place_shift", lambda v: v >= 0, "0 or more (0 = off)"),
+    ("shift_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1) (0 = plain cross-entropy)"),
     ("window_alpha", lambda v: 0 <= v <= 1, "in [0, 1] (1 = uniform windows)"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0 = no averaging)"),
@@ -219,7 +221,8 @@ def parse_args(argv, defaults, path):
         except CheckpointError as e:
             fail(str(e))
         # a resumed run goes on with the checkpoint's random stream, so its seed is fixed too
-        fixed = MODEL_KEYS + (("seed",) if cfg.mode == "train" else ())
+        # place_shift sizes the place embeddings, so it is fixed too
+        fixed = MODEL_KEYS + ("place_shift",) + (("seed",) if cfg.mode == "train" else ())
         for key, value in ckpt["settings"].items():
             if key in defaults and type(value) is not type(defaults[key]):
                 fail(f"checkpoint {ckpt_path} has {key}={value!r}, not a "
