@@ -341,7 +341,7 @@ def test_place_shift_raises_a_share_of_training_windows_and_keeps_the_ends_of_a_
     k_left, k_right = shifted_left - left, shifted_right - right
     # one shift per window, 0..2, only on a first digit's later digits (left 2+) and on the
     # places from the right above the ones (right 3+, commas included)
-    for k, place, anchored in ((k_left, left, left < 2), (k_right, right, right < 3)):
+    for k, anchored in ((k_left, left < 2), (k_right, right < 3)):
         assert ((k == k.max(dim=1, keepdim=True).values) | anchored).all()
         assert (k[anchored] == 0).all() and k.min() == 0 and k.max() == 2
     raised = k_left.amax(dim=1) > 0
