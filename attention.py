@@ -96,4 +96,6 @@ def attention_table(model, ev, batch_size=256):
 
 if __name__ == "__main__":
     import gpt  # loads the model as --mode=attention does: the checkpoint, its settings, the device
+    if any(arg.startswith("--mode=") for arg in sys.argv[1:]):
+        fail("attention.py always runs --mode=attention; drop --mode (or run python gpt.py)")
     gpt.main(["--mode=attention"] + sys.argv[1:])

@@ -22,7 +22,7 @@ from settings import parse_settings, pick_device
 # default settings; each can be overridden on the command line as --key=value
 max_num = 1_000_000   # the text is ",0,1,2,...,max_num-1,"
 batch_size = 32
-block_size = 8        # a bigram looks at one character, but trains on many positions at once
+block_size = 16       # a bigram looks at one character; get_batch scores what follows a 2nd comma
 max_iters = 3000
 eval_interval = 500
 eval_iters = 50

@@ -169,7 +169,7 @@ def report(model, checks, r, cfg, ctx):
     print(f"prompt {cfg.prompt!r} -> {Tokenizer().decode(out[0, 1:])!r}")
     # the verdict, on the numbers of the text (what lies beyond it is measured, not promised)
     wrong = [name for name in ("held-out", "whole text") if name in r and r[name].accuracy < 1]
-    wrong += [name for name in ("from 0,", "long count") if r.get(name)]
+    wrong += [name.rstrip(",") for name in ("from 0,", "long count") if r.get(name)]
     r["counts"] = not wrong
     margins = ", ".join(f"{name} {r[name].margin:.2f}" for name in ("held-out", "whole text")
                         if name in r)

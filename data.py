@@ -95,7 +95,7 @@ class Tokenizer:
         if len(bad):
             raise ValueError(f"token ids {bad.unique()[:5].tolist()} are not in "
                              f"0..{self.vocab_size - 1}")
-        return self.id_to_byte[ids.long()].numpy().tobytes().decode("ascii")
+        return bytes(self.id_to_byte[ids.long()].tolist()).decode("ascii")
 
 
 def load_data(max_num=1_000_000, val_frac=VAL_FRAC):

@@ -403,8 +403,9 @@ def build_model(cfg, ckpt, device):
 
 def sample(model, cfg, device, ctx):
     """Go on from --prompt: what a user of the trained model sees."""
-    last = int(re.findall(r"\d+", cfg.prompt)[-1])  # would the count go past the text?
-    if last + cfg.max_new_tokens // (len(str(last)) + 1) >= cfg.max_num:
+    last = re.findall(r"\d+", cfg.prompt)[-1]  # would the count go past the text?
+    if (len(last) > len(str(cfg.max_num))
+            or int(last) + cfg.max_new_tokens // (len(last) + 1) >= cfg.max_num):
         print(f"note: the model was trained on the numbers 0 to {cfg.max_num - 1:,}; past "
               f"them it counts as far as the beyond-the-text check of --mode=eval shows",
               file=sys.stderr)

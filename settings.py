@@ -87,9 +87,11 @@ def settings_block(path):
     return "\n".join(lines[marks[0] + 1:marks[1]])
 
 
-def parse_settings(argv, defaults, path):
+def parse_settings(argv, defaults, path, data=True):
     """Apply --key=value overrides to a script's defaults, each converted to its default's type,
-    and check them. Returns the settings (read as s.n_layer) and the set of keys given.
+    and check them (the text and the window too, unless data=False: gpt.py checks those once a
+    checkpoint's settings are merged in). Returns the settings (read as s.n_layer) and the set
+    of keys given.
     -h or --help prints the settings block of the script at `path` and exits."""
     if "-h" in argv or "--help" in argv:
         print(f"usage: python {os.path.basename(path)} [--key=value ...]\n\n{settings_block(path)}")
@@ -117,27 +119,35 @@ def parse_settings(argv, defaults, path):
             fail(f"--{key}={value} is not a finite number; e.g. --{key}={defaults[key]}")
         given.add(key)
     settings = SimpleNamespace(**settings)
-    check_settings(settings, defaults)
+    check_settings(settings, defaults, data=data)
     return settings, given
 
 
-def check_settings(s, defaults, origin=None, given=()):
-    """The rules above; whether the validation split holds a window and a few numbers; whether
-    the machine has the memory that max_num needs. All before any work is done. origin: where
-    the settings not in `given` came from (a checkpoint), named instead of a flag."""
+def check_settings(s, defaults, origin=None, given=(), data=True):
+    """The rules above; with data, whether the validation split holds a window and a few
+    numbers and a window two numbers, and whether the machine has the memory that max_num needs.
+    All before any work is done. origin: where the settings not in `given` came from (a
+    checkpoint), named instead of a flag."""
     for key, ok, must in RULES:
         if key in defaults and not ok(getattr(s, key)):
             if origin and key not in given:
                 fail(f"{origin} has {key}={getattr(s, key)}, which must be {must}; train a new "
                      f"one")
             fail(f"--{key}={getattr(s, key)} must be {must}; the default is {defaults[key]}")
-    if "max_num" in defaults:
+    if data and "max_num" in defaults:
         # the validation split as data.load_data makes it, from numbers of at most `longest` chars
         n_val, longest = int(text_length(s.max_num) * VAL_FRAC), longest_number(s.max_num)
+        fixed = origin and "block_size" not in given  # a checkpoint's: only max_num can change
         if n_val < max(s.block_size + 2, 3 * longest):
             fail(f"--max_num={s.max_num} gives a validation split of {n_val} tokens, too short "
-                 f"for a window of {s.block_size + 1} tokens and three whole numbers; "
-                 f"raise --max_num or lower --block_size")
+                 f"for a window of {s.block_size + 1} tokens and three whole numbers; raise "
+                 f"--max_num" + ("" if fixed else " or lower --block_size"))
+        if s.block_size < 2 * longest:  # get_batch, too, scores only what follows a second comma
+            fail((f"{origin} has block_size={s.block_size}, which" if fixed else
+                  f"--block_size={s.block_size}") + f" cannot hold two numbers of {longest - 1} "
+                 f"digits and their commas (the checks need n and n+1 in one window); use "
+                 + ("a smaller --max_num" if fixed else
+                    f"--block_size={2 * longest} or more, or a smaller --max_num"))
         need = BASE_MEMORY + text_length(s.max_num) * BYTES_PER_CHAR
         have = machine_memory()
         if have and need > have:
@@ -210,11 +220,13 @@ def parse_args(argv, defaults, path):
     """gpt.py's defaults (the script at `path`) with the command line's --key=value overrides,
     checked for sense. Every mode but training from scratch loads the checkpoint, whose saved
     settings then stand in for the defaults. Returns the settings and the checkpoint (or None)."""
-    cfg, given = parse_settings(argv, defaults, path)
+    cfg, given = parse_settings(argv, defaults, path, data=False)
     ckpt_path = checkpoint_path(cfg.out_dir)
     ckpt = None
     if cfg.mode != "train" or cfg.init_from == "resume":
-        if cfg.mode == "train":  # lock first: another run must not save after we read
+        # lock first: another run must not save after we read (but a mistyped out_dir, with
+        # no checkpoint in it, gets neither a directory nor a lock file)
+        if cfg.mode == "train" and os.path.isfile(ckpt_path):
             lock_out_dir(cfg.out_dir)
         try:
             ckpt = load_checkpoint(ckpt_path)
@@ -235,14 +247,11 @@ def parse_args(argv, defaults, path):
                 setattr(cfg, key, value)
         # the checkpoint's settings obey the same rules
         check_settings(cfg, defaults, origin=f"checkpoint {ckpt_path}", given=given)
+    else:
+        check_settings(cfg, defaults)
     if cfg.n_embd % cfg.n_head:
         fail(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head}; "
              f"pick n_embd as a multiple of n_head")
-    longest = longest_number(cfg.max_num)
-    if cfg.block_size < 2 * longest:
-        fail(f"--block_size={cfg.block_size} cannot hold two numbers of {longest - 1} digits and "
-             f"their commas (the checks need n and n+1 in one window); use --block_size="
-             f"{2 * longest} or more, or a smaller --max_num")
     if cfg.min_lr > cfg.learning_rate:
         fail(f"--min_lr={cfg.min_lr} is above --learning_rate={cfg.learning_rate}; "
              f"the decay ends below where it starts")
@@ -250,9 +259,10 @@ def parse_args(argv, defaults, path):
         Tokenizer().encode(cfg.prompt)
     except ValueError as e:
         fail(f"--prompt={cfg.prompt!r}: {e}")
-    if not re.fullmatch(r",?(\d+,)*\d*", cfg.prompt) or not cfg.prompt.strip(","):
-        fail(f"--prompt={cfg.prompt!r} is not the start of a count: give whole numbers, each "
-             f"followed by one comma, e.g. --prompt=41,42,")
+    number = r"(0|[1-9]\d*)"  # as the text writes it: no leading zeros
+    if not re.fullmatch(rf",?({number},)*{number}?", cfg.prompt) or not cfg.prompt.strip(","):
+        fail(f"--prompt={cfg.prompt!r} is not the start of a count: give whole numbers without "
+             f"leading zeros, each followed by one comma, e.g. --prompt=41,42,")
     if cfg.mode == "train" and "init_from" not in given and os.path.exists(ckpt_path):
         fail(f"{ckpt_path} holds a trained model; go on training it with --init_from=resume, "
              f"replace it with --init_from=scratch, or pick another --out_dir")
@@ -375,7 +385,8 @@ def load_checkpoint(path):
             raise TypeError("model_config")
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}): it is corrupt "
-                              f"or truncated; delete it and train again with: python gpt.py")
+                              f"or truncated; train a new one over it with: python gpt.py "
+                              f"--init_from=scratch --out_dir={shlex.quote(os.path.dirname(path))}")
     if ckpt["vocab"] != Tokenizer().vocab:
         raise CheckpointError(f"checkpoint {path} has vocabulary {ckpt['vocab']!r}, not "
                               f"{Tokenizer().vocab!r}; train a new one")
