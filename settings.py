@@ -137,17 +137,19 @@ def check_settings(s, defaults, origin=None, given=(), data=True):
     if data and "max_num" in defaults:
         # the validation split as data.load_data makes it, from numbers of at most `longest` chars
         n_val, longest = int(text_length(s.max_num) * VAL_FRAC), longest_number(s.max_num)
-        fixed = origin and "block_size" not in given  # a checkpoint's: only max_num can change
+        # a checkpoint's block_size is fixed: then only max_num can change
+        window_fixed = origin and "block_size" not in given
         if n_val < max(s.block_size + 2, 3 * longest):
+            fix = "--max_num" if window_fixed else "--max_num or lower --block_size"
             fail(f"--max_num={s.max_num} gives a validation split of {n_val} tokens, too short "
-                 f"for a window of {s.block_size + 1} tokens and three whole numbers; raise "
-                 f"--max_num" + ("" if fixed else " or lower --block_size"))
+                 f"for a window of {s.block_size + 1} tokens and three whole numbers; raise {fix}")
         if s.block_size < 2 * longest:  # get_batch, too, scores only what follows a second comma
-            fail((f"{origin} has block_size={s.block_size}, which" if fixed else
-                  f"--block_size={s.block_size}") + f" cannot hold two numbers of {longest - 1} "
-                 f"digits and their commas (the checks need n and n+1 in one window); use "
-                 + ("a smaller --max_num" if fixed else
-                    f"--block_size={2 * longest} or more, or a smaller --max_num"))
+            window = (f"{origin} has block_size={s.block_size}, which" if window_fixed
+                      else f"--block_size={s.block_size}")
+            fix = ("a smaller --max_num" if window_fixed
+                   else f"--block_size={2 * longest} or more, or a smaller --max_num")
+            fail(f"{window} cannot hold two numbers of {longest - 1} digits and their commas (the "
+                 f"checks need n and n+1 in one window); use {fix}")
         need = BASE_MEMORY + text_length(s.max_num) * BYTES_PER_CHAR
         have = machine_memory()
         if have and need > have:
