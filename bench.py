@@ -203,6 +203,8 @@ def run_sweep(cfg):
         "--init_from=scratch", "--stop_at_100=False"]), seed,
         os.path.join(cfg.out_dir, "sweep", f"{i}-{seed}"))
         for i, (name, env, args) in enumerate(paths) for seed in range(1, cfg.sweep_seeds + 1)]
+    # every run's settings, checked once here rather than refused by each run
+    parse_settings(jobs[0][2] + ["--seed=1", f"--out_dir={jobs[0][4]}"], gpt.DEFAULTS, gpt.__file__)
     for job in jobs:
         os.makedirs(job[4], exist_ok=True)
     print(f"\n## Sweep: {'the tiny config' if cfg.sweep_tiny else 'gpt.py defaults'} "

@@ -585,6 +585,11 @@ if __name__ == "__main__":
         result = main(sys.argv[1:])
         if result is not None and not result["counts"]:
             sys.exit(3)  # the model does not count every number: scripts and CI should notice
+    except RuntimeError as e:  # settings too big for the machine: say so in one line
+        if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
+            raise
+        fail(f"out of memory ({str(e).splitlines()[0]}); use a smaller --batch_size, or a smaller "
+             f"model (--n_embd, --n_layer, --block_size)")
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: nothing more to save
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -117,6 +117,8 @@ def parse_settings(argv, defaults, path, data=True):
             fail(f"--{key}={value} is not a valid {kind.__name__}; e.g. --{key}={defaults[key]}")
         if kind is float and not math.isfinite(settings[key]):
             fail(f"--{key}={value} is not a finite number; e.g. --{key}={defaults[key]}")
+        if key == "out_dir":  # the shell leaves the ~ of --out_dir=~/runs as it is
+            settings[key] = os.path.expanduser(value)
         given.add(key)
     settings = SimpleNamespace(**settings)
     check_settings(settings, defaults, data=data)
@@ -406,8 +408,8 @@ def load_checkpoint(path):
         (lambda: isinstance(optimizer, dict) and {"state", "param_groups"} <= optimizer.keys(),
          "optimizer state"),
         (lambda: type(iter_num) is int and iter_num >= 0, f"iter_num={iter_num!r}"),
-        (lambda: isinstance(ckpt["rng"], torch.Tensor) and ckpt["rng"].dtype == torch.uint8,
-         "random state"),
+        (lambda: isinstance(ckpt["rng"], torch.Tensor) and ckpt["rng"].dtype == torch.uint8
+         and ckpt["rng"].shape == torch.get_rng_state().shape, "random state"),
         (lambda: isinstance(ckpt.get("progress", {}), dict), "progress"),
     ]
     problem = next((what for ok, what in checks if not ok()), None)

@@ -56,31 +56,42 @@ def load_model(out_dir):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def training_run(tmp_path_factory):
-    """`python gpt.py` with the tiny settings and every check, as a user runs it: the model that
-    the tests at the end of this file share. It starts before the first test, in a process of its
-    own on one thread, and trains on one core while the other tests run on the other. Measured
+def training_run(request, tmp_path_factory):
+    """`python gpt.py` with the tiny settings and every check of the text, as a user runs it: the
+    model that the tests at the end of this file share. It starts before the first test (if any
+    test to be run needs it), in a process of its own on one thread, and trains on one core while
+    the other tests run on the other. Measured
     (LOG.md) over seeds 1337 and 1-8 on AVX2 and no vector kernels: every test of it passed in 18
     of 18, every check right at the end with margins of at least 3.65 held-out, 2.37 whole text."""
+    if not any("trained" in test.fixturenames for test in request.session.items):
+        yield None
+        return
     out_dir = str(tmp_path_factory.mktemp("trained"))
     with open(os.path.join(out_dir, "printed.txt"), "w") as printed:
         p = subprocess.Popen([sys.executable, "gpt.py", *tiny("--full_check=True", f"--out_dir={out_dir}")],
                              cwd=HERE, stdout=printed, stderr=subprocess.STDOUT,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     yield p, out_dir
-    p.kill()  # if the tests that wait for it were not run
+    p.kill()  # if the tests that wait for it failed before it ended
+    p.wait()
 
 
 def start(script, *args):
-    """A script as a user runs it, in a fresh process; finish(p) waits for it. Start several
-    before finishing any: each spends seconds importing torch, and they can do it side by side."""
+    """A script as a user runs it, in a fresh process on one thread; finish(p) waits for it. Start
+    several before finishing any: each spends seconds importing torch, and they can do it side by
+    side."""
     return subprocess.Popen([sys.executable, script, *args], cwd=HERE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def finish(p, timeout=120):
-    """A started script's exit code, stdout and stderr, once it ends."""
-    out, err = p.communicate(timeout=timeout)
+    """A started script's exit code, stdout and stderr, once it ends (killed if it does not)."""
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
@@ -434,9 +445,10 @@ def test_gpt_loss_decreases(tmp_path, capsys):
 
 def test_training_stops_only_when_every_check_is_right(tmp_path, monkeypatch, capsys):
     """stop_at_100 with full_check: an evaluation with every held-out number right stops training
-    only once the count from 0, and the whole text are right too; without stop_at_100 the dear
-    checks wait for the report, and training runs to max_iters. Scripted results stand in for
-    the checks' and the report is skipped: the loop is under test here, not the model."""
+    only once the whole text is right too; without stop_at_100 the dear checks wait for the report,
+    and training runs to max_iters even where every check is right. Scripted results stand in for
+    the checks' and the report is skipped: the loop is under test here, not the model (the order
+    of the checks: test_each_dear_check_runs_only_once_the_ones_before_it_are_right)."""
     right = SimpleNamespace(accuracy=1.0, correct=9, total=9, margin=1.0, failures=[])
     wrong = SimpleNamespace(accuracy=0.5, correct=9, total=18, margin=-1.0, failures=["12, -> 13"])
     script = iter([{"held-out": wrong}, {"held-out": right, "from 0,": "number #9 should be 10"},
@@ -446,7 +458,7 @@ def test_training_stops_only_when_every_check_is_right(tmp_path, monkeypatch, ca
 
     def scripted(model, checks, ctx, dear):
         asked.append(dear)
-        return dict(next(script, {"held-out": right}))
+        return dict(next(script))
 
     monkeypatch.setattr(gpt, "evaluate", scripted)
     monkeypatch.setattr(gpt, "report", lambda model, checks, r, cfg, ctx: {**r, "counts": False})
@@ -457,6 +469,7 @@ def test_training_stops_only_when_every_check_is_right(tmp_path, monkeypatch, ca
     assert "every held-out number counted right after 10 steps" in out
     assert "every check right after 30 steps" in out and "stopped at step 30 (every check right)" in out
     asked.clear()
+    script = iter([{"held-out": right, "from 0,": None, "whole text": right}] * 6)
     result = gpt.main(args + ["--stop_at_100=False", f"--out_dir={tmp_path / 'on'}"])
     assert asked == [False] * 6 and result["iters"] == 50
     assert "stopped at step 50 (max_iters=50 reached)" in capsys.readouterr().out
@@ -495,7 +508,7 @@ def test_no_float64_anywhere_a_run_touches(tmp_path, capsys):
     """Data, sampler, training steps, evaluation, the checks and generation, as MPS would run them."""
     with NoFloat64():
         gpt.main(tiny("--max_iters=10", "--eval_interval=10", "--full_check=True", "--long_count=40",
-                      "--streams=4", "--max_new_tokens=10", "--max_num=1000", f"--out_dir={tmp_path}", base=SMALL))
+                      "--streams=4", "--max_new_tokens=10", "--max_num=200", f"--out_dir={tmp_path}", base=SMALL))
     assert "long count: 4 streams" in capsys.readouterr().out
 
 
@@ -556,6 +569,13 @@ def test_out_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
     assert path.read_text() == "not a directory"
 
 
+def test_out_dir_under_the_home_directory(monkeypatch, tmp_path):
+    """--out_dir=~/runs: the shell does not expand a ~ inside --key=value; the settings do."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg, _ = settings.parse_settings(["--out_dir=~/runs"], gpt.DEFAULTS, gpt.__file__)
+    assert cfg.out_dir == str(tmp_path / "runs")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_missing_device_is_not_blamed_on_the_checkpoint(tmp_path, capsys):
     gpt.main(tiny(f"--out_dir={tmp_path}", "--max_iters=0", base=SMALL))
@@ -566,7 +586,7 @@ def test_missing_device_is_not_blamed_on_the_checkpoint(tmp_path, capsys):
         assert "--device=cuda is not on this machine; available: cpu" in err and "corrupt" not in err, err
 
 
-def test_scripts_refuse_what_gpt_refuses(capsys):
+def test_scripts_refuse_what_gpt_refuses(tmp_path, capsys):
     """One shared set of rules: bigram.py and bench.py refuse the same settings the same way
     (each script once in a fresh process, the rest through its main, which runs the same code)."""
     bigram_bad, bench_bad = start("bigram.py", "--learning_rate=inf"), start("bench.py", "--runs=0")
@@ -577,7 +597,9 @@ def test_scripts_refuse_what_gpt_refuses(capsys):
             (bigram.main, ["--device=banana"], "--device=banana is not on this machine"),
             (bigram.main, ["--seed=99999999999999999999"], "--seed=99999999999999999999 must be"),
             (bench.main, ["--gen_numbers=20000"], "--gen_numbers=20000 is more than"),
-            (bench.main, ["runs=3"], "write settings as --key=value, e.g. --runs=1")]:
+            (bench.main, ["runs=3"], "write settings as --key=value, e.g. --runs=1"),
+            (bench.main, ["--sweep=True", "--sweep_args=--n_haed=8", f"--out_dir={tmp_path}"],
+             "unknown setting --n_haed")]:  # checked before any of the sweep's runs starts
         refused(main, args, message, capsys)
 
 
@@ -657,6 +679,7 @@ def test_bad_checkpoints_are_refused(tmp_path, capsys):
                             ({"settings": [1]}, "holds settings"), ({"settings": no_max_num}, "holds settings"),
                             ({"iter_num": "5"}, "iter_num='5'"), ({"iter_num": 206.5}, "iter_num=206.5"),
                             ({"iter_num": -50}, "iter_num=-50"), ({"rng": torch.zeros(3)}, "random state"),
+                            ({"rng": torch.zeros(3, dtype=torch.uint8)}, "random state"),
                             ({"optimizer": {}}, "optimizer state")]:
         torch.save({**ckpt, **change}, path)
         for mode in ("sample", "train"):
@@ -923,8 +946,12 @@ def test_library_callers_get_value_errors_not_exits():
 def test_data_bigram_and_bench_as_a_careless_user_runs_them(tmp_path):
     (tmp_path / "ckpt.pt").write_bytes(b"a trained model")
     started = [start("data.py", "--help"), start("data.py", "--max_num=1000", "--block_size=12"),
-               start("data.py", "--max_num=5"), start("bench.py", f"--out_dir={tmp_path}")]
-    data_help, data_small, data_bad, bench_over = (finish(p) for p in started)
+               start("data.py", "--max_num=5"), start("bench.py", f"--out_dir={tmp_path}"),
+               start("gpt.py", "--batch_size=1000000000000000", "--max_num=10000", "--device=cpu",
+                     f"--out_dir={tmp_path / 'huge'}")]
+    data_help, data_small, data_bad, bench_over, too_big = (finish(p) for p in started)
+    one_line_error(too_big, "out of memory (")
+    assert "use a smaller --batch_size" in too_big.stderr
     assert data_help.returncode == 0 and "max_num = 1_000_000" in data_help.stdout
     assert data_small.returncode == 0 and "3,891 tokens" in data_small.stdout
     assert "(904 .. 999)" in data_small.stdout
@@ -1021,7 +1048,7 @@ def trained(training_run):
 def test_trained_gpt_counts_held_out(trained):
     model, _, val_data, _, _ = trained
     result = CountingEval(val_data, 24)(model)
-    assert result.accuracy == 1.0, result.summary()  # the fixture stops only when this holds
+    assert result.accuracy == 1.0, result.summary()
 
 
 def test_shifted_places_count_numbers_longer_than_any_the_model_saw(trained):
@@ -1165,6 +1192,23 @@ def test_counts_from_zero(trained):
     want = ",".join(map(str, range(1, 1001)))
     out = model.generate(encode_prompt("0,")[None], len(want), temperature=0.0)
     assert Tokenizer().decode(out[0, 3:]) == want
+
+
+def test_each_dear_check_runs_only_once_the_ones_before_it_are_right(trained, monkeypatch):
+    """What --stop_at_100=True evaluates (checks.evaluate), on a text of 200 numbers: every
+    held-out number; only if all are right, the count from 0,; only if that is right too, the
+    whole text, in full when it is right. Without dear, held-out alone."""
+    _, train_data, val_data = load_data(200)
+    cfg = SimpleNamespace(block_size=24, full_check=True, max_num=200, long_count=0, streams=1)
+    small, ctx, model = checks.Checks(train_data, val_data, cfg), contextlib.nullcontext(), trained[0]
+    assert checks.evaluate(GPT(GPTConfig(block_size=24)).eval(), small, ctx).keys() == {"held-out"}
+    assert checks.evaluate(model, small, ctx, dear=False).keys() == {"held-out"}
+    r = checks.evaluate(model, small, ctx)
+    assert r["held-out"].accuracy == 1.0 and r["from 0,"] is None
+    assert r["whole text"].accuracy == 1.0 and r["whole text"].total == small.whole_text.n - 1
+    monkeypatch.setattr(checks, "count_on", lambda *args: (["number #5 should be 6, got '7'"], 0.0))
+    r = checks.evaluate(model, small, ctx)
+    assert r["from 0,"] == "number #5 should be 6, got '7'" and "whole text" not in r
 
 
 def test_attention_mode_shows_every_head_for_every_character_written(trained, capsys):
