@@ -60,9 +60,9 @@ def training_run(request, tmp_path_factory):
     """`python gpt.py` with the tiny settings and every check of the text, as a user runs it: the
     model that the tests at the end of this file share. It starts before the first test (if any
     test to be run needs it), in a process of its own on one thread, and trains on one core while
-    the other tests run on the other. Measured
-    (LOG.md) over seeds 1337 and 1-8 on AVX2 and no vector kernels: every test of it passed in 18
-    of 18, every check right at the end with margins of at least 3.65 held-out, 2.37 whole text."""
+    the other tests run on the other. Measured (LOG.md) over seeds 1337 and 1-8 on AVX2 and no
+    vector kernels: every test of it passed in 18 of 18, every check right at the end with margins
+    of at least 3.65 held-out, 2.37 whole text."""
     if not any("trained" in test.fixturenames for test in request.session.items):
         yield None
         return
@@ -487,10 +487,50 @@ def test_bfloat16_training_follows_float32(tmp_path, capsys):
                       f"--out_dir={tmp_path / dtype}", base=SMALL))
         out = capsys.readouterr().out
         assert f"device cpu ({dtype})" in out, out
-        line = out.split("step   100 | loss train ")[1]
-        losses[dtype] = [float(line.split()[0]), float(line.split()[2])]  # train, val
+        _, _, train, _, val = final_losses(out).split()  # "loss train X val Y" at step 100
+        losses[dtype] = [float(train), float(val)]
     assert all(loss < 2.2 for loss in losses["float32"]), losses  # from 2.42 at step 0
     assert all(abs(a - b) < 0.1 for a, b in zip(*losses.values())), losses
+
+
+@pytest.fixture(scope="module")
+def half_trained(tmp_path_factory):
+    """The tiny GPT after 200 steps: it gets some held-out numbers right and some wrong (measured
+    over seeds 1337, 1339 and 1341 on two kernels: 68.5%-94.4% right)."""
+    out_dir = tmp_path_factory.mktemp("half_trained")
+    with contextlib.redirect_stdout(io.StringIO()):
+        gpt.main(tiny(f"--out_dir={out_dir}", "--max_iters=200", "--eval_interval=200", "--stop_at_100=False"))
+    return load_model(out_dir)
+
+
+@pytest.mark.parametrize("every_start", [False, True])
+def test_metric_agrees_with_generation(half_trained, every_start):
+    """The teacher-forced metric says number k is right exactly when greedy generation, given
+    the text before k in each window that scores k, writes k in every one of them. Checked on a
+    half-trained model, so both cases occur."""
+    _, _, val_data = load_data(100_000)
+    model = half_trained
+    ev = CountingEval(val_data, 24, every_start=every_start)
+    result = ev(model)
+    # every carry of 3+ digits, and about 40 numbers it gets right and 40 it gets wrong
+    carries = [k for k in range(1, ev.n) if ev.number(k).endswith("000")]
+    right = [k for k in range(1, ev.n) if result.ok[k - 1]]
+    wrong = [k for k in range(1, ev.n) if not result.ok[k - 1]]
+    sample = carries + right[::max(1, len(right) // 40)] + wrong[::max(1, len(wrong) // 40)]
+    tok = Tokenizer()
+    agree = []
+    for k in sample:
+        windows = ((ev.first <= k) & (ev.last >= k)).nonzero().squeeze(1).tolist()
+        assert len(windows) == (1 if not every_start else min(k, 3))  # 5-digit numbers, 24 tokens
+        written = []
+        for w in windows:
+            context = val_data[ev.ws[w]:ev.commas[k] + 1].long()
+            out = model.generate(context[None], len(ev.number(k)) + 1, temperature=0.0)
+            written.append(tok.decode(out[0, len(context):]) == ev.number(k) + ",")
+        agree.append(all(written) == bool(result.ok[k - 1]))
+    assert all(agree)
+    oks = [bool(result.ok[k - 1]) for k in sample]
+    assert any(oks) and not all(oks), "the sample should hold both right and wrong numbers"
 
 
 class NoFloat64(TorchFunctionMode):
@@ -1103,46 +1143,6 @@ def test_the_saved_model_runs_on_another_text_and_says_what_it_cannot(trained, c
             "need n and n+1 in one window); use a smaller --max_num", capsys)
     gpt.main(["--mode=sample", f"--out_dir={out_dir}", "--prompt=" + "9" * 5000 + ",", "--max_new_tokens=3"])
     assert "past them it counts as far as" in capsys.readouterr().err  # said, not a traceback
-
-
-@pytest.fixture(scope="module")
-def half_trained(tmp_path_factory):
-    """The tiny GPT after 200 steps: it gets some held-out numbers right and some wrong (measured
-    over seeds 1337, 1339 and 1341 on two kernels: 68.5%-94.4% right)."""
-    out_dir = tmp_path_factory.mktemp("half_trained")
-    with contextlib.redirect_stdout(io.StringIO()):
-        gpt.main(tiny(f"--out_dir={out_dir}", "--max_iters=200", "--eval_interval=200", "--stop_at_100=False"))
-    return load_model(out_dir)
-
-
-@pytest.mark.parametrize("every_start", [False, True])
-def test_metric_agrees_with_generation(trained, half_trained, every_start):
-    """The teacher-forced metric says number k is right exactly when greedy generation, given
-    the text before k in each window that scores k, writes k in every one of them. Checked on a
-    half-trained model, so both cases occur."""
-    _, _, val_data, _, _ = trained
-    model = half_trained
-    ev = CountingEval(val_data, 24, every_start=every_start)
-    result = ev(model)
-    # every carry of 3+ digits, and about 40 numbers it gets right and 40 it gets wrong
-    carries = [k for k in range(1, ev.n) if ev.number(k).endswith("000")]
-    right = [k for k in range(1, ev.n) if result.ok[k - 1]]
-    wrong = [k for k in range(1, ev.n) if not result.ok[k - 1]]
-    sample = carries + right[::max(1, len(right) // 40)] + wrong[::max(1, len(wrong) // 40)]
-    tok = Tokenizer()
-    agree = []
-    for k in sample:
-        windows = ((ev.first <= k) & (ev.last >= k)).nonzero().squeeze(1).tolist()
-        assert len(windows) == (1 if not every_start else min(k, 3))  # 5-digit numbers, 24 tokens
-        written = []
-        for w in windows:
-            context = val_data[ev.ws[w]:ev.commas[k] + 1].long()
-            out = model.generate(context[None], len(ev.number(k)) + 1, temperature=0.0)
-            written.append(tok.decode(out[0, len(context):]) == ev.number(k) + ",")
-        agree.append(all(written) == bool(result.ok[k - 1]))
-    assert all(agree)
-    oks = [bool(result.ok[k - 1]) for k in sample]
-    assert any(oks) and not all(oks), "the sample should hold both right and wrong numbers"
 
 
 def test_generate_crops_context_and_cache_matches(trained):
