@@ -6,6 +6,7 @@ from every start (every prompt `k,`), the count from "0," to 1,000, the numbers 
 and the long count, which generates far past the context window. gpt.py runs the cheap ones at
 each evaluation (evaluate) and all of them at the end (report).
 """
+import re
 import sys
 import time
 
@@ -107,6 +108,17 @@ def eval_line(iter_num, r, ms_per_step, train_time, eval_seconds):
         line += "whole text 0 wrong | " if whole.accuracy == 1 else \
             f"whole text wrong: {whole.failures[0]} | "
     return line + f"{ms_per_step:.1f} ms/step | train {train_time:.1f}s, eval {eval_seconds:.1f}s"
+
+
+def note_past_the_text(cfg):
+    """Sample mode: a prompt, or the count it asks for, that goes past the text gets a note on
+    stderr, since the model never saw those numbers."""
+    last = re.findall(r"\d+", cfg.prompt)[-1]
+    if (len(last) > len(str(cfg.max_num))
+            or int(last) + cfg.max_new_tokens // (len(last) + 1) >= cfg.max_num):
+        print(f"note: the model was trained on the numbers 0 to {cfg.max_num - 1:,}; past "
+              f"them it counts as far as the beyond-the-text check of --mode=eval shows",
+              file=sys.stderr)
 
 
 def report(model, checks, r, cfg, ctx):

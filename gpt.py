@@ -14,8 +14,6 @@ attention.py, the attention view.
 """
 import copy
 import math
-import os
-import re
 import sys
 import time
 from contextlib import nullcontext
@@ -26,11 +24,10 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from attention import show_attention
-from checks import Checks, all_right, eval_line, evaluate, report
+from checks import Checks, all_right, eval_line, evaluate, note_past_the_text, report
 from data import StepSampler, Tokenizer, encode_prompt, get_batch, load_data
-from settings import (SaveError, StopOnSignal, check_compile, checkpoint_path, end_unfinished,
-                      fail, finite, lock_out_dir, parse_args, pick_device, pick_dtype,
-                      progress_so_far, resume_training, save_checkpoint)
+from settings import (SafeRun, check_compile, fail, finite, load_weights, lock_out_dir, parse_args,
+                      pick_device, pick_dtype, progress_so_far, resume_training, run_safely)
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -392,23 +389,13 @@ def build_model(cfg, ckpt, device):
     # step-to-step noise; with 0 a copy of them
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     if ckpt is not None:
-        try:
-            ema.load_state_dict(ckpt["model"])
-            model.load_state_dict(ckpt["train_model"])
-        except RuntimeError as e:
-            fail(f"the checkpoint in {cfg.out_dir} does not fit the model "
-                 f"({str(e).splitlines()[0]}); train a new one")
+        load_weights(model, ema, ckpt, cfg.out_dir)
     return model, ema
 
 
 def sample(model, cfg, device, ctx):
     """Go on from --prompt: what a user of the trained model sees."""
-    last = re.findall(r"\d+", cfg.prompt)[-1]  # would the count go past the text?
-    if (len(last) > len(str(cfg.max_num))
-            or int(last) + cfg.max_new_tokens // (len(last) + 1) >= cfg.max_num):
-        print(f"note: the model was trained on the numbers 0 to {cfg.max_num - 1:,}; past "
-              f"them it counts as far as the beyond-the-text check of --mode=eval shows",
-              file=sys.stderr)
+    note_past_the_text(cfg)
     with ctx:
         out = model.generate(encode_prompt(cfg.prompt)[None].to(device), cfg.max_new_tokens,
                              temperature=cfg.temperature, top_k=cfg.top_k)
@@ -465,7 +452,6 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptd
     is right (stop_at_100), max_iters or max_seconds; then the report. ctx: autocast to ptdtype
     (or nothing, for float32)."""
     device_type = train_data.device.type
-    ckpt_path = checkpoint_path(cfg.out_dir)
     # the optimizer, a gradient scaler that keeps float16 gradients in range (off otherwise),
     # and where training starts: step 0, or the checkpoint's step with its random state
     optimizer = configure_optimizer(model, cfg, device_type)
@@ -484,10 +470,9 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptd
     r = {}                  # the results of the last evaluation
     last_loss = None        # the last step's loss, left on the device (read at evaluations only)
     stop = None             # why the loop ends
-    saved = first_iter if ckpt is not None else None  # the step of the checkpoint on disk
-    save_error = None
     interval_start, interval_iter = time.perf_counter(), iter_num  # since the last evaluation
-    with StopOnSignal() as signals:
+    # saves checkpoints atomically, and turns Ctrl-C and other signals into "save and stop"
+    with SafeRun(cfg, ckpt, DEFAULTS, __file__) as run:
         while True:
             elapsed = train_time + time.perf_counter() - interval_start
             out_of_steps = iter_num >= cfg.max_iters
@@ -495,13 +480,13 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptd
             evaluated = False
 
             # once in a while, at the end, and when asked to stop: check the loss, evaluate, save
-            if iter_num % cfg.eval_interval == 0 or out_of_steps or out_of_time or signals.signum:
+            if iter_num % cfg.eval_interval == 0 or out_of_steps or out_of_time or run.signum:
                 sync(device_type)
                 interval = time.perf_counter() - interval_start
                 train_time += interval
                 if not finite(last_loss, model, ema):
                     stop = "diverged"  # the checkpoint on disk keeps the last finite weights
-                elif signals.signum:
+                elif run.signum:
                     stop = "interrupted"
                 else:
                     t_eval = time.perf_counter()
@@ -525,13 +510,10 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptd
                         if first_all is None and all_right(r, checks):
                             first_all = iter_num
                             print(f"every check right after {iter_num} steps")
-                if stop != "diverged":
-                    try:
-                        save_checkpoint(ckpt_path, model, ema, optimizer, iter_num, cfg,
-                                        progress_so_far(train_time, first_100, first_all))
-                        saved = iter_num
-                    except SaveError as e:
-                        stop, save_error = stop or "save failed", e
+                if stop != "diverged" and not run.save(
+                        model, ema, optimizer, iter_num,
+                        progress_so_far(train_time, first_100, first_all)):
+                    stop = stop or "save failed"
                 interval_start, interval_iter = time.perf_counter(), iter_num
 
             # when to stop: every reason, in one place
@@ -568,11 +550,11 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptd
             iter_num += 1
 
     # the report: why training stopped, then every check of the averaged weights
-    if stop in ("diverged", "interrupted", "save failed"):  # no report: say why, exit non-zero
-        end_unfinished(stop, iter_num, saved, save_error, signals.signum, cfg, DEFAULTS, __file__)
+    run.end(stop, iter_num)  # diverged, interrupted or a failed save: say why, exit non-zero
     print(f"stopped at step {iter_num} ({stop}): {train_time:.1f}s of training, "
           f"{eval_time:.1f}s of evaluation")
-    r = report(ema, checks, r, cfg, ctx)
+    with run.reporting():  # Ctrl-C here: the model is saved, say so
+        r = report(ema, checks, r, cfg, ctx)
     tokens = (iter_num - first_iter) * cfg.batch_size * cfg.block_size
     return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time,
             "counts": r["counts"], "first_100": first_100, "first_all": first_all,
@@ -581,18 +563,6 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptd
 
 
 if __name__ == "__main__":
-    try:
-        result = main(sys.argv[1:])
-        if result is not None and not result["counts"]:
-            sys.exit(3)  # the model does not count every number: scripts and CI should notice
-    except RuntimeError as e:  # settings too big for the machine: say so in one line
-        if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
-            raise
-        fail(f"out of memory ({str(e).splitlines()[0]}); use a smaller --batch_size, or a smaller "
-             f"model (--n_embd, --n_layer, --block_size)")
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: nothing more to save
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:  # the reader of the output stopped early (| head): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+    result = run_safely(main, sys.argv[1:])  # out of memory, Ctrl-C, | head: one line each
+    if result is not None and not result["counts"]:
+        sys.exit(3)  # the model does not count every number: scripts and CI should notice

@@ -6,11 +6,12 @@ Each script (bigram.py, gpt.py, bench.py) keeps its settings as plain variables 
 every script's settings by the same rules, prints that block for --help, and picks the device
 and the precision.
 
-For gpt.py it also keeps a run from being lost, each piece one call from its loop: the settings
+For gpt.py it also keeps a run from being lost, each piece one call from gpt.py: the settings
 reconciled with a checkpoint (parse_args), one training process per out_dir (lock_out_dir),
-checkpoints written atomically and loaded safely (save_checkpoint, load_checkpoint), a resumed run
-put back where it was (resume_training), Ctrl-C and other signals turned into "save and stop"
-(StopOnSignal), and a run that ends without its report told how to go on (end_unfinished).
+checkpoints loaded safely (load_checkpoint, load_weights), a resumed run put back where it was
+(resume_training), and around the training loop SafeRun: checkpoints written atomically, Ctrl-C
+and other signals turned into "save and stop", and a run that ends without its report told how to
+go on. run_safely turns what goes wrong outside the loop (out of memory, Ctrl-C) into one line.
 """
 import math
 import os
@@ -19,6 +20,7 @@ import shlex
 import shutil
 import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from types import SimpleNamespace
 
@@ -218,6 +220,9 @@ def checkpoint_path(out_dir):
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size")  # a checkpoint fixes these (and seed)
 # a run's own, never taken from a checkpoint: what to do, where, on which machine
 RUN_KEYS = ("mode", "init_from", "out_dir", "device", "dtype", "compile")
+# what to generate: sampling from a saved model starts from gpt.py's defaults, not the prompt
+# that the training run's report used
+GENERATE_KEYS = ("prompt", "max_new_tokens", "temperature", "top_k")
 
 
 def parse_args(argv, defaults, path):
@@ -239,6 +244,7 @@ def parse_args(argv, defaults, path):
         # a resumed run goes on with the checkpoint's random stream, so its seed is fixed too
         # place_shift sizes the place embeddings, so it is fixed too
         fixed = MODEL_KEYS + ("place_shift",) + (("seed",) if cfg.mode == "train" else ())
+        own = RUN_KEYS + (GENERATE_KEYS if cfg.mode != "train" else ())
         for key, value in ckpt["settings"].items():
             if key in defaults and type(value) is not type(defaults[key]):
                 fail(f"checkpoint {ckpt_path} has {key}={value!r}, not a "
@@ -247,7 +253,7 @@ def parse_args(argv, defaults, path):
                 fail(f"the checkpoint in {cfg.out_dir} has {key}={value} but --{key}="
                      f"{getattr(cfg, key)} was given; drop --{key} (or train a new model with "
                      f"--init_from=scratch)")
-            if key in defaults and key not in given and key not in RUN_KEYS:
+            if key in defaults and key not in given and key not in own:
                 setattr(cfg, key, value)
         # the checkpoint's settings obey the same rules
         check_settings(cfg, defaults, origin=f"checkpoint {ckpt_path}", given=given)
@@ -464,17 +470,28 @@ def end_unfinished(stop, iter_num, saved, error, signum, cfg, defaults, path):
     sys.exit(code)
 
 
-def resume_command(cfg, defaults, path):
-    """The command that continues this run of the script at `path`: the checkpoint holds every
-    setting but where it is and the machine's (shell-quoted, so that an out_dir with a space
-    survives a paste)."""
+def resume_command(cfg, defaults, path, action="--init_from=resume"):
+    """The command that continues this run of the script at `path` (or, with another action,
+    uses its checkpoint): the checkpoint holds every setting but where it is and the machine's
+    (shell-quoted, so that an out_dir with a space survives a paste)."""
     given = [f"--{k}={getattr(cfg, k)}" for k in ("out_dir", "device", "dtype", "compile")
              if getattr(cfg, k) != defaults[k]]
     try:
         script = os.path.relpath(path)  # from where this run was started
     except ValueError:  # on Windows, when the current directory is on another drive
         script = path
-    return shlex.join(["python", script, "--init_from=resume", *given])
+    return shlex.join(["python", script, action, *given])
+
+
+def load_weights(model, ema, ckpt, out_dir):
+    """The checkpoint's weights into the model (raw, what training resumes) and its moving
+    average (what is evaluated, sampled and saved); a model of another shape is one line."""
+    try:
+        ema.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["train_model"])
+    except RuntimeError as e:
+        fail(f"the checkpoint in {out_dir} does not fit the model "
+             f"({str(e).splitlines()[0]}); train a new one")
 
 
 class StopOnSignal:
@@ -498,3 +515,61 @@ class StopOnSignal:
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+class SafeRun(StopOnSignal):
+    """gpt.py's training loop, kept safe: a signal asks it to stop (signum, as StopOnSignal),
+    save() writes the checkpoint atomically and remembers the step on disk or why it could not,
+    and end() tells a run that stops without its report why, and how to go on (then exits)."""
+
+    def __init__(self, cfg, ckpt, defaults, path):
+        self.cfg, self.defaults, self.path = cfg, defaults, path  # path: the script, to resume
+        self.saved = ckpt["iter_num"] if ckpt is not None else None  # the step on disk
+        self.error = None  # why the last save failed
+
+    def save(self, model, ema, optimizer, iter_num, progress):
+        """Save the checkpoint; False if it could not be written (the one before is kept)."""
+        try:
+            save_checkpoint(checkpoint_path(self.cfg.out_dir), model, ema, optimizer, iter_num,
+                            self.cfg, progress)
+        except SaveError as e:
+            self.error = e
+            return False
+        self.saved = iter_num
+        return True
+
+    @contextmanager
+    def reporting(self):
+        """The report after training: Ctrl-C there stops it, and says the model is saved."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            print(f"interrupted during the report; the model of step {self.saved} is saved in "
+                  f"{checkpoint_path(self.cfg.out_dir)}, and this runs every check on it again: "
+                  f"{resume_command(self.cfg, self.defaults, self.path, '--mode=eval')}",
+                  file=sys.stderr)
+            sys.exit(130)
+
+    def end(self, stop, iter_num):
+        """A loop that stopped for one of these reasons ends here, with no report."""
+        if stop in ("diverged", "interrupted", "save failed"):
+            end_unfinished(stop, iter_num, self.saved, self.error, self.signum, self.cfg,
+                           self.defaults, self.path)
+
+
+def run_safely(main, argv):
+    """Run a script's main(argv) from the command line: what goes wrong outside the training
+    loop (out of memory, Ctrl-C, a reader that stops early) ends in one line, not a traceback."""
+    try:
+        return main(argv)
+    except RuntimeError as e:  # settings too big for the machine: say so in one line
+        if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
+            raise
+        fail(f"out of memory ({str(e).splitlines()[0]}); use a smaller --batch_size, or a smaller "
+             f"model (--n_embd, --n_layer, --block_size)")
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: nothing more to save
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # the reader of the output stopped early (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

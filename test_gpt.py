@@ -809,6 +809,19 @@ def test_ctrl_c_saves_and_resume_matches_unbroken_run(tmp_path, monkeypatch, cap
     assert final_losses(out) == unbroken
 
 
+def test_ctrl_c_during_the_report_says_the_model_is_saved(tmp_path, monkeypatch, capsys):
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gpt, "report", ctrl_c)
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main(tiny("--max_iters=20", "--eval_interval=20", f"--out_dir={tmp_path}", base=SMALL))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130 and err.count("\n") == 1, err
+    assert f"the model of step 20 is saved in {tmp_path / 'ckpt.pt'}" in err
+    assert err.strip().endswith(f"--mode=eval --out_dir={tmp_path} --device=cpu")
+    assert settings.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 20
+
+
 def test_sigterm_saves_a_second_run_is_refused_and_the_resume_command_works(tmp_path):
     """What kill, timeout and docker stop send, with a real process; and a second training run
     on the same out_dir (whose name has a space) while the first holds it."""
@@ -939,6 +952,17 @@ def test_eval_runs_every_check_and_a_prompt_past_the_text_says_so(tmp_path, caps
     assert all(check in out for check in ("\nheld-out", "\nwhole text", "\ncounting from 0,", "\nbeyond the text"))
     gpt.main(["--mode=sample", f"--out_dir={tmp_path}", "--prompt=9998,9999,", "--max_new_tokens=6"])
     assert "note: the model was trained on the numbers 0 to 9,999" in capsys.readouterr().err
+
+
+def test_sampling_a_saved_model_starts_from_the_defaults_not_the_training_runs_prompt(tmp_path, capsys):
+    gpt.main(tiny("--max_iters=0", "--prompt=5,", "--max_new_tokens=3", "--temperature=0.5", "--top_k=2",
+                  f"--out_dir={tmp_path}", base=SMALL))
+    capsys.readouterr()
+    gpt.main(["--mode=sample", f"--out_dir={tmp_path}"])
+    written = capsys.readouterr().out.splitlines()[-1]
+    assert written.startswith("0,") and len(written) == 2 + gpt.max_new_tokens
+    gpt.main(["--mode=sample", f"--out_dir={tmp_path}", "--prompt=7,", "--max_new_tokens=4"])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("7,")
 
 
 def test_the_model_copied_out_of_gpt_py_trains_with_torch_alone():
