@@ -706,7 +706,7 @@ def test_bad_checkpoints_are_refused(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1].startswith("5,6,")  # model settings came from the checkpoint
     ckpt = torch.load(path, weights_only=True)
     for key, value, message in [("max_num", "abc", "has max_num='abc', not a int"),
-                                ("top_k", -3, "has top_k=-3, which must be 0 or more"),  # no flag was given
+                                ("max_iters", -3, "has max_iters=-3, which must be 0 or more"),  # no flag was given
                                 ("seed", -1, "has seed=-1, which must be a whole number")]:
         torch.save({**ckpt, "settings": {**ckpt["settings"], key: value}}, path)
         with pytest.raises(SystemExit):
