@@ -13,7 +13,7 @@ import sys
 import torch
 
 from data import CountingEval, Tokenizer, encode_prompt, load_data, longest_number
-from settings import fail
+from settings import fail, run_safely
 
 SHADES = " .:-=+*#%@"  # attention weight 0 .. 1, in tenths
 PARTS = ("same digit of n", "n's later digits", "n's earlier digits", "comma before n+1",
@@ -98,4 +98,4 @@ if __name__ == "__main__":
     import gpt  # loads the model as --mode=attention does: the checkpoint, its settings, the device
     if any(arg.startswith("--mode=") for arg in sys.argv[1:]):
         fail("attention.py always runs --mode=attention; drop --mode (or run python gpt.py)")
-    gpt.main(["--mode=attention"] + sys.argv[1:])
+    run_safely(gpt.main, ["--mode=attention"] + sys.argv[1:])  # Ctrl-C, | head: one line

@@ -550,7 +550,7 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptd
             iter_num += 1
 
     # the report: why training stopped, then every check of the averaged weights
-    run.end(stop, iter_num)  # diverged, interrupted or a failed save: say why, exit non-zero
+    run.exit_if_unfinished(stop, iter_num)  # diverged, interrupted, a failed save: say why
     print(f"stopped at step {iter_num} ({stop}): {train_time:.1f}s of training, "
           f"{eval_time:.1f}s of evaluation")
     with run.reporting():  # Ctrl-C here: the model is saved, say so

@@ -11,7 +11,8 @@ reconciled with a checkpoint (parse_args), one training process per out_dir (loc
 checkpoints loaded safely (load_checkpoint, load_weights), a resumed run put back where it was
 (resume_training), and around the training loop SafeRun: checkpoints written atomically, Ctrl-C
 and other signals turned into "save and stop", and a run that ends without its report told how to
-go on. run_safely turns what goes wrong outside the loop (out of memory, Ctrl-C) into one line.
+go on. run_safely turns what the loop does not handle (out of memory, a second Ctrl-C) into one
+line.
 """
 import math
 import os
@@ -441,35 +442,6 @@ def resume_training(ckpt, optimizer, cfg, device_type):
     return ckpt["iter_num"]
 
 
-def end_unfinished(stop, iter_num, saved, error, signum, cfg, defaults, path):
-    """Training that ends without its report says why and how to go on, then exits non-zero so
-    that scripts notice. stop: "diverged", "interrupted" (by the signal signum; the checkpoint
-    was just saved unless error says why not) or "save failed" (error). saved: the step of the
-    checkpoint on disk, or None. path: the script, for the resume command."""
-    ckpt_path = checkpoint_path(cfg.out_dir)
-    resume = f" with: {resume_command(cfg, defaults, path)}"
-    if stop == "diverged":
-        code = 1
-        message = (f"error: training diverged by step {iter_num} (the loss or the weights are no "
-                   f"longer finite); lower --learning_rate or raise --warmup_iters. {ckpt_path} "
-                   f"was not overwritten.")
-    elif stop == "interrupted":
-        code = 128 + signum
-        message = f"interrupted at step {iter_num}; " + (
-            f"saved {ckpt_path}." if error is None else f"error: {error}.")
-        if saved is not None:
-            message += f" Resume{f' from step {saved}' if saved != iter_num else ''}{resume}"
-    else:
-        code = 1
-        message = f"error: {error}" + (f", then resume from its step {saved}{resume}"
-                                       if saved is not None else "")
-    try:  # on stderr, which still reaches the terminal when stdout goes through | tee
-        print(message, file=sys.stderr)
-    except OSError:  # the terminal is gone (SIGHUP): the checkpoint is what matters
-        pass
-    sys.exit(code)
-
-
 def resume_command(cfg, defaults, path, action="--init_from=resume"):
     """The command that continues this run of the script at `path` (or, with another action,
     uses its checkpoint): the checkpoint holds every setting but where it is and the machine's
@@ -520,7 +492,8 @@ class StopOnSignal:
 class SafeRun(StopOnSignal):
     """gpt.py's training loop, kept safe: a signal asks it to stop (signum, as StopOnSignal),
     save() writes the checkpoint atomically and remembers the step on disk or why it could not,
-    and end() tells a run that stops without its report why, and how to go on (then exits)."""
+    exit_if_unfinished() tells a run that stops without its report why, and how to go on, and
+    reporting() turns Ctrl-C during the report into one line."""
 
     def __init__(self, cfg, ckpt, defaults, path):
         self.cfg, self.defaults, self.path = cfg, defaults, path  # path: the script, to resume
@@ -550,16 +523,42 @@ class SafeRun(StopOnSignal):
                   file=sys.stderr)
             sys.exit(130)
 
-    def end(self, stop, iter_num):
-        """A loop that stopped for one of these reasons ends here, with no report."""
-        if stop in ("diverged", "interrupted", "save failed"):
-            end_unfinished(stop, iter_num, self.saved, self.error, self.signum, self.cfg,
-                           self.defaults, self.path)
+    def exit_if_unfinished(self, stop, iter_num):
+        """A loop that stopped without its report (stop: "diverged", "interrupted" or "save
+        failed") says why and how to go on, then exits non-zero so that scripts notice; a
+        signal that came during the last evaluation stops it too. Otherwise it returns."""
+        if self.signum and stop not in ("diverged", "save failed"):
+            stop = "interrupted"
+        if stop not in ("diverged", "interrupted", "save failed"):
+            return
+        ckpt_path, saved = checkpoint_path(self.cfg.out_dir), self.saved
+        resume = f" with: {resume_command(self.cfg, self.defaults, self.path)}"
+        if stop == "diverged":
+            code = 1
+            message = (f"error: training diverged by step {iter_num} (the loss or the weights are "
+                       f"no longer finite); lower --learning_rate or raise --warmup_iters. "
+                       f"{ckpt_path} was not overwritten.")
+        elif stop == "interrupted":
+            code = 128 + self.signum
+            message = f"interrupted at step {iter_num}; " + (
+                f"saved {ckpt_path}." if self.error is None else f"error: {self.error}.")
+            if saved is not None:
+                message += f" Resume{f' from step {saved}' if saved != iter_num else ''}{resume}"
+        else:
+            code = 1
+            message = f"error: {self.error}" + (f", then resume from its step {saved}{resume}"
+                                                if saved is not None else "")
+        try:  # on stderr, which still reaches the terminal when stdout goes through | tee
+            print(message, file=sys.stderr)
+        except OSError:  # the terminal is gone (SIGHUP): the checkpoint is what matters
+            pass
+        sys.exit(code)
 
 
 def run_safely(main, argv):
-    """Run a script's main(argv) from the command line: what goes wrong outside the training
-    loop (out of memory, Ctrl-C, a reader that stops early) ends in one line, not a traceback."""
+    """Run gpt.py's main(argv) from the command line: what the training loop does not handle
+    itself (out of memory, a second Ctrl-C, a reader that stops early) ends in one line, not a
+    traceback."""
     try:
         return main(argv)
     except RuntimeError as e:  # settings too big for the machine: say so in one line

@@ -809,6 +809,24 @@ def test_ctrl_c_saves_and_resume_matches_unbroken_run(tmp_path, monkeypatch, cap
     assert final_losses(out) == unbroken
 
 
+def test_ctrl_c_during_the_last_evaluation_stops_before_the_report(tmp_path, monkeypatch, capsys):
+    real_evaluate, calls = gpt.evaluate, 0
+
+    def ctrl_c_at_the_second_evaluation(*args, **kwargs):  # step 20 of 20: the last one
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_evaluate(*args, **kwargs)
+    monkeypatch.setattr(gpt, "evaluate", ctrl_c_at_the_second_evaluation)
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main(tiny("--max_iters=20", "--eval_interval=20", f"--out_dir={tmp_path}", base=SMALL))
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 130 and "interrupted at step 20; saved" in err and "Resume with:" in err
+    assert "step    20 |" in out and "stopped at step" not in out  # evaluated and saved, no report
+    assert settings.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 20
+
+
 def test_ctrl_c_during_the_report_says_the_model_is_saved(tmp_path, monkeypatch, capsys):
     def ctrl_c(*args):
         raise KeyboardInterrupt
