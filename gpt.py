@@ -518,7 +518,9 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptd
 
             # when to stop: every reason, in one place
             if stop is None:
-                if evaluated and cfg.stop_at_100 and first_all == iter_num:
+                if run.signum and run.saved == iter_num:  # it came while evaluating: saved
+                    stop = "interrupted"
+                elif evaluated and cfg.stop_at_100 and first_all == iter_num:
                     stop = "every check right"
                 elif out_of_steps:
                     stop = f"max_iters={cfg.max_iters} reached"

@@ -232,6 +232,9 @@ def parse_args(argv, defaults, path):
     settings then stand in for the defaults. Returns the settings and the checkpoint (or None)."""
     cfg, given = parse_settings(argv, defaults, path, data=False)
     ckpt_path = checkpoint_path(cfg.out_dir)
+    if os.path.exists(ckpt_path) and not os.path.isfile(ckpt_path):
+        fail(f"{ckpt_path} is not a file, so no checkpoint can be read or saved there; move it "
+             f"away or pick another --out_dir")
     ckpt = None
     if cfg.mode != "train" or cfg.init_from == "resume":
         # lock first: another run must not save after we read (but a mistyped out_dir, with
@@ -258,6 +261,10 @@ def parse_args(argv, defaults, path):
                 setattr(cfg, key, value)
         # the checkpoint's settings obey the same rules
         check_settings(cfg, defaults, origin=f"checkpoint {ckpt_path}", given=given)
+        if cfg.mode == "train" and cfg.max_iters < ckpt["iter_num"]:
+            fail(f"the checkpoint in {cfg.out_dir} is at step {ckpt['iter_num']}, past "
+                 f"--max_iters={cfg.max_iters}; give a larger --max_iters to train on (or check "
+                 f"it with --mode=eval)")
     else:
         check_settings(cfg, defaults)
     if cfg.n_embd % cfg.n_head:
@@ -525,10 +532,8 @@ class SafeRun(StopOnSignal):
 
     def exit_if_unfinished(self, stop, iter_num):
         """A loop that stopped without its report (stop: "diverged", "interrupted" or "save
-        failed") says why and how to go on, then exits non-zero so that scripts notice; a
-        signal that came during the last evaluation stops it too. Otherwise it returns."""
-        if self.signum and stop not in ("diverged", "save failed"):
-            stop = "interrupted"
+        failed") says why and how to go on, then exits non-zero so that scripts notice.
+        Otherwise it returns."""
         if stop not in ("diverged", "interrupted", "save failed"):
             return
         ckpt_path, saved = checkpoint_path(self.cfg.out_dir), self.saved

@@ -734,6 +734,23 @@ def test_bad_checkpoints_are_refused(tmp_path, capsys):
     assert "optimizer state that does not fit the model" in capsys.readouterr().err
 
 
+def test_resume_refuses_a_max_iters_behind_the_checkpoint_and_a_checkpoint_that_is_a_directory(tmp_path, capsys):
+    gpt.main(tiny("--max_iters=10", "--eval_interval=10", f"--out_dir={tmp_path}", base=SMALL))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        gpt.main([f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=5"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "is at step 10, past --max_iters=5; give a larger --max_iters" in err
+    assert settings.load_checkpoint(str(tmp_path / "ckpt.pt"))["settings"]["max_iters"] == 10  # untouched
+    os.makedirs(tmp_path / "dir" / "ckpt.pt")
+    for mode in ("train", "sample"):
+        with pytest.raises(SystemExit) as exit_info:
+            gpt.main(tiny(f"--out_dir={tmp_path / 'dir'}", f"--mode={mode}", "--init_from=scratch", base=SMALL))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "ckpt.pt is not a file" in err and err.count("\n") == 1, err
+
+
 def test_training_never_replaces_a_checkpoint_unless_asked(tmp_path, capsys):
     """Running python gpt.py again (instead of the resume command) would train from scratch over
     the model: refused unless --init_from says which."""
@@ -809,22 +826,23 @@ def test_ctrl_c_saves_and_resume_matches_unbroken_run(tmp_path, monkeypatch, cap
     assert final_losses(out) == unbroken
 
 
-def test_ctrl_c_during_the_last_evaluation_stops_before_the_report(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("evaluation, step", [(1, 0), (2, 20)])  # the first, and the last of 20 steps
+def test_ctrl_c_during_an_evaluation_stops_there_saved(evaluation, step, tmp_path, monkeypatch, capsys):
     real_evaluate, calls = gpt.evaluate, 0
 
-    def ctrl_c_at_the_second_evaluation(*args, **kwargs):  # step 20 of 20: the last one
+    def ctrl_c_during_it(*args, **kwargs):
         nonlocal calls
         calls += 1
-        if calls == 2:
+        if calls == evaluation:
             os.kill(os.getpid(), signal.SIGINT)
         return real_evaluate(*args, **kwargs)
-    monkeypatch.setattr(gpt, "evaluate", ctrl_c_at_the_second_evaluation)
+    monkeypatch.setattr(gpt, "evaluate", ctrl_c_during_it)
     with pytest.raises(SystemExit) as exit_info:
         gpt.main(tiny("--max_iters=20", "--eval_interval=20", f"--out_dir={tmp_path}", base=SMALL))
     out, err = capsys.readouterr()
-    assert exit_info.value.code == 130 and "interrupted at step 20; saved" in err and "Resume with:" in err
-    assert "step    20 |" in out and "stopped at step" not in out  # evaluated and saved, no report
-    assert settings.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 20
+    assert exit_info.value.code == 130 and f"interrupted at step {step}; saved" in err and "Resume with:" in err
+    assert f"step {step:5d} |" in out and "stopped at step" not in out  # evaluated and saved, no report
+    assert settings.load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == step
 
 
 def test_ctrl_c_during_the_report_says_the_model_is_saved(tmp_path, monkeypatch, capsys):
