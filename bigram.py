@@ -4,9 +4,8 @@ one alone. It learns the little that one character tells (after ',' comes a digi
 '0'), and shows why counting needs a model that looks further back: that is gpt.py.
 
     python bigram.py                  # train, then print the losses, a sample and what it learned
-    python bigram.py --max_iters=500  # any setting below, as --key=value
+    python bigram.py --max_iters=500  # any setting below, as --key=value (--help lists them)
 """
-import math
 import os
 import sys
 import time
@@ -15,8 +14,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import CountingEval, get_batch, load_data
-from settings import parse_settings, pick_device
+from data import CountingEval, check_settings, fail, get_batch, load_data, parse_settings
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -43,12 +41,10 @@ class BigramLanguageModel(nn.Module):
 
     def forward(self, idx, targets=None):
         logits = self.token_embedding_table(idx)  # (B, T, vocab_size)
-        loss = None
-        if targets is not None:
-            B, T, V = logits.shape
-            # targets of -1 (the window's first number, see get_batch) are not scored
-            loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=-1)
-        return logits, loss
+        if targets is None:
+            return logits, None
+        # targets of -1 (the window's first number, see get_batch) are not scored
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens):
@@ -63,27 +59,31 @@ class BigramLanguageModel(nn.Module):
 @torch.no_grad()
 def estimate_loss(model, splits, cfg, dev):
     model.eval()
-    out = {}
-    for name, data in splits.items():
-        losses = torch.zeros(cfg.eval_iters)
-        for i in range(cfg.eval_iters):
-            x, y = get_batch(data, cfg.batch_size, cfg.block_size, dev)
-            losses[i] = model(x, y)[1].item()
-        out[name] = losses.mean().item()
+    out = {name: torch.stack([model(*get_batch(data, cfg.batch_size, cfg.block_size, dev))[1]
+                              for _ in range(cfg.eval_iters)]).mean().item()
+           for name, data in splits.items()}
     model.train()
     return out
 
 
 def main(argv):
     cfg, _ = parse_settings(argv, DEFAULTS, __file__)
-    dev = pick_device(cfg.device)
+    check_settings(cfg, DEFAULTS)  # data.RULES, for the settings bigram.py has
+    dev = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() \
+        else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        fail(f"--device={cfg.device} is not on this machine ({type(e).__name__}); try auto")
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     tok, train_data, val_data = load_data(cfg.max_num)
+    if len(val_data) < cfg.block_size + 2:
+        fail(f"--max_num={cfg.max_num} leaves {len(val_data)} validation tokens, fewer than a "
+             f"window of --block_size={cfg.block_size}; raise --max_num")
     train_data, val_data = train_data.to(dev), val_data.to(dev)
     print(f"data ready in {time.perf_counter() - t0:.2f}s: "
           f"{len(train_data):,} train / {len(val_data):,} val tokens")
-
     model = BigramLanguageModel(tok.vocab_size).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     t0 = time.perf_counter()
@@ -96,23 +96,18 @@ def main(argv):
             break
         x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, dev)
         _, loss = model(x, y)
-        if not math.isfinite(loss.item()):
-            print(f"error: the loss became {loss.item()} at step {it}: training diverged; "
-                  f"lower --learning_rate", file=sys.stderr)
-            sys.exit(1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     print(f"trained {cfg.max_iters} steps in {time.perf_counter() - t0:.1f}s")
 
-    # What one character tells: the learned distribution of the character after ','
-    probs = F.softmax(model.token_embedding_table.weight[tok.stoi[","]], dim=-1)
+    # what one character tells: the learned distribution of the character after ','
+    probs = F.softmax(model.token_embedding_table.weight[tok.encode(",")[0]], dim=-1)
     print("after ',': " + "  ".join(f"{ch!r} {p:.3f}" for ch, p in zip(tok.vocab, probs.tolist())))
-    # the text, and every prompt, begins with a comma
-    idx = torch.tensor([tok.encode(",0,")], device=dev)
+    idx = torch.tensor([tok.encode(",0,")], device=dev)  # the text, and every prompt, has a comma
     print(f"sample: {tok.decode(model.generate(idx, 60)[0, 1:])!r}")
-    # ...and what it does not: the same exhaustive counting check that gpt.py passes
-    print(CountingEval(val_data, block_size=32)(model).summary())
+    # ...and what it does not: the same exact counting check that gpt.py passes
+    print(CountingEval(val_data, cfg.block_size)(model).summary())
 
 
 if __name__ == "__main__":

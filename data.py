@@ -1,32 +1,22 @@
 """
-The task shared by bigram.py and gpt.py: a character-level model that learns to count.
-
-The text is ",0,1,2,...,999999,": every digit and the comma is one token, and every number
-stands between two commas, the first one included. That leading comma is the text's own
-separator marking where the text begins: a window that starts with a comma tells the model that
-a number starts right after it, and gpt.py puts one in front of every prompt for the same reason.
-
-This file builds the text, the Tokenizer, the train/val split, get_batch (random training
-windows), StepSampler (which windows: the rare steps far more often than the text has them)
-and CountingEval (the exhaustive counting check, which scores every number exactly).
-
-    python data.py               # prints the text, the vocabulary, the split and how long it takes
-    python data.py --max_num=100 # the same for a shorter text (--help lists the settings)
+The task shared by bigram.py and gpt.py: the text ",0,1,2,...,999999,", where every digit and
+the comma is a token and every number stands between two commas, the first one included (a
+comma says "a number starts here"); the Tokenizer, the train/val split, get_batch, StepSampler
+(the rare steps far more often than the text has them), CountingEval (the exact counting check)
+and the --key=value settings that both scripts take.
 """
+import math
+import os
+import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import torch
 
-# -----------------------------------------------------------------------------
-# settings of `python data.py`, each can be overridden on the command line as --key=value
-max_num = 1_000_000        # the text is ",0,1,2,...,max_num-1,"
-block_size = 32            # the window of the held-out check
-# -----------------------------------------------------------------------------
-
 VOCAB = ",0123456789"  # ',' -> 0, '0' -> 1, ..., '9' -> 10 (the tutorial's mapping)
 COMMA, ZERO, NINE = 0, 1, 10
-VAL_FRAC = 0.1         # the last tenth of the text is validation
 
 
 def counting_text(stop, start=0):
@@ -34,75 +24,37 @@ def counting_text(stop, start=0):
     return "".join(f"{n}," for n in range(start, stop))
 
 
-def text_length(max_num):
-    """Characters in the whole text ',0,1,...,max_num-1,' without building it."""
-    chars, digits = 1, 1                                     # the leading comma
-    while 10 ** (digits - 1) < max_num or digits == 1:
-        lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), min(10 ** digits, max_num)
-        chars += (hi - lo) * (digits + 1)                    # each number and its comma
-        digits += 1
-    return chars
-
-
-def longest_number(max_num):
-    """Characters of the text's longest number and its comma."""
-    return len(str(max_num - 1)) + 1
-
-
 class Tokenizer:
-    """Characters <-> integer token ids. Encoding uses a 256-entry byte lookup table, so a
-    million-number text is encoded in one tensor operation instead of a Python loop. Ids are
-    stored as uint8: 11 symbols fit a byte, an eighth of the memory of int64."""
+    """Characters <-> token ids, stored as uint8 (11 symbols fit a byte). Encoding maps each byte
+    through a 256-entry table in C (bytes.translate): a million numbers in a fraction of a
+    second."""
 
     def __init__(self, vocab=VOCAB):
-        self.vocab = vocab
-        self.stoi = {ch: i for i, ch in enumerate(vocab)}
-        self.itos = {i: ch for i, ch in enumerate(vocab)}
-        self.byte_to_id = torch.full((256,), 255, dtype=torch.uint8)  # 255 marks "not in vocab"
-        self.byte_to_id[list(vocab.encode("ascii"))] = torch.arange(len(vocab), dtype=torch.uint8)
-        self.id_to_byte = torch.tensor(list(vocab.encode("ascii")), dtype=torch.uint8)
-
-    @property
-    def vocab_size(self):
-        return len(self.vocab)
+        self.vocab, self.vocab_size = vocab, len(vocab)
+        self.table = bytes(vocab.find(chr(b)) % 256 for b in range(256))  # 255: not in vocab
 
     def encode_tensor(self, string):
         """str -> 1-D uint8 tensor of token ids; ValueError on a character not in the vocab."""
-        raw = bytearray(string.encode("ascii", errors="replace"))  # non-ASCII -> '?', caught below
-        if not raw:
-            return torch.empty(0, dtype=torch.uint8)
-        ids = self.byte_to_id[torch.frombuffer(raw, dtype=torch.uint8).long()]
-        if (ids == 255).any():
-            bad = next(ch for ch in string if ch not in self.stoi)
-            raise ValueError(f"character {bad!r} is not in the vocabulary {self.vocab!r}; "
-                             f"use only these characters")
-        return ids
+        ids = bytearray(string.encode("ascii", errors="replace").translate(self.table))
+        if 255 in ids:
+            raise ValueError(f"character {string[ids.index(255)]!r} is not in the vocabulary "
+                             f"{self.vocab!r}")
+        return torch.frombuffer(ids, dtype=torch.uint8) if ids else torch.zeros(0).byte()
 
     def encode(self, string):
         """str -> list[int]"""
         return self.encode_tensor(string).tolist()
 
     def decode(self, ids):
-        """list[int] or tensor of ids -> str. Raises ValueError on an id that is not a whole
-        number from 0 to vocab_size-1 (indexing would otherwise wrap -1 around to '9')."""
-        ids = torch.as_tensor(ids).cpu()
-        if ids.numel() == 0:
-            return ""
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"token ids must be whole numbers, got "
-                             f"{[f'{v:g}' for v in ids.flatten()[:5].tolist()]}")
-        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-        if len(bad):
-            raise ValueError(f"token ids {bad.unique()[:5].tolist()} are not in "
-                             f"0..{self.vocab_size - 1}")
-        return bytes(self.id_to_byte[ids.long()].tolist()).decode("ascii")
+        """list[int] or tensor of ids -> str"""
+        return "".join(self.vocab[i] for i in torch.as_tensor(ids).tolist())
 
 
-def load_data(max_num=1_000_000, val_frac=VAL_FRAC):
-    """Build the text and split it as the tutorial does: the last val_frac of the characters
-    is validation, the rest is training. Returns (tokenizer, train_data, val_data)."""
+def load_data(max_num=1_000_000, val_frac=0.1):
+    """The text ',0,1,...,max_num-1,' as token ids, split as the tutorial does: the last val_frac
+    of the characters is validation. Returns (tokenizer, train_data, val_data)."""
     tok = Tokenizer()
-    # encoded a million numbers at a time: one Python string of ten million numbers takes GBs
+    # a million numbers at a time: one Python string of ten million numbers takes GBs
     data = torch.cat([tok.encode_tensor(",")]
                      + [tok.encode_tensor(counting_text(min(lo + 10**6, max_num), lo))
                         for lo in range(0, max_num, 10**6)])
@@ -111,16 +63,18 @@ def load_data(max_num=1_000_000, val_frac=VAL_FRAC):
 
 
 def get_batch(data, batch_size, block_size, device, generator=None, sampler=None):
-    """A batch of random windows: x is block_size tokens, y is the same window shifted by one,
-    so y[b, t] is the token that follows x[b, :t+1], or -1 where it is not scored. Windows
-    start uniformly at random, or where `sampler` (a StepSampler) puts them. The starts are drawn
-    on the CPU, so a seed gives the same batches on every device; the windows are gathered where
-    the data lives."""
+    """Random windows: x is block_size tokens, y the same window shifted by one, so y[b, t] is
+    the token after x[b, :t+1], or -1 where it is not scored. Windows start uniformly at random,
+    or where `sampler` (a StepSampler) puts them; the starts are drawn on the CPU, so a seed
+    gives the same batches on every device."""
     if sampler is None:
         ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     else:
         ix = sampler(batch_size, generator)
-    pos = ix[:, None].to(data.device) + torch.arange(block_size, device=data.device)  # (B, T)
+    if data.is_cuda:  # copied from pinned memory, the starts do not make the CPU wait for the GPU
+        ix = ix.pin_memory()
+    offsets = torch.arange(block_size, device=data.device)
+    pos = ix.to(data.device, non_blocking=True)[:, None] + offsets                    # (B, T)
     x, y = data[pos].to(device, torch.long), data[pos + 1].to(device, torch.long)  # (B, T) each
     # nothing in the window says what its first whole number is (the number before it is cut
     # off), so its digits, its comma and the part-number before it are not scored: target -1
@@ -135,8 +89,7 @@ def encode_prompt(text):
 
 
 def trailing(data, ends, length, token):
-    """How many times `token` ends each number (the number before comma ends[i] has length[i]
-    digits): trailing zeros, or trailing 9s."""
+    """How many times `token` ends each number (of length[i] digits, before comma ends[i])."""
     count = torch.zeros_like(length)
     run = torch.ones_like(length, dtype=torch.bool)
     for k in range(1, int(length.max()) + 1):
@@ -146,46 +99,27 @@ def trailing(data, ends, length, token):
 
 
 class StepSampler:
-    """Window starts that show the rare steps n -> n+1 far more often than the text does.
-
-    Uniform windows show what the text is mostly made of: 6-digit numbers with no carry. The rare
-    steps are the hard ones: 9999 -> 10000 changes five digits but happens once per ten thousand
-    numbers, 99 -> 100 (a new length) happens once in the whole text, and the numbers 0..99 fill
-    only the first 291 of its 6.9M characters. So each window is centred on a step n -> n+1 drawn by
-    its *kind*: the digits of n, its 9s, its trailing 9s, whether it is the first number of its
-    length, and the trailing 9s of n+1. Each of these marks a step the model must tell apart from a
-    common one: 99989 -> 99990 from a new length (99999 -> 100000), 1000 -> 1001 (whose places
-    follow 999's) from 1234 -> 1235, and 49998 -> 49999 from a carry by the last digit alone. A kind
-    that holds a count c of the steps is drawn with probability proportional to c**alpha, then one
-    of its steps uniformly. alpha=1 keeps the text's own mix; alpha=0 draws every kind equally
-    often, so the single step 9 -> 10 would get as many windows as the training split's 419,903
-    6-digit steps with no 9 in n or at the end of n+1 together; in between, the rare kinds are
-    boosted without starving the common ones. (Multilingual language models balance their languages
-    the same way: XLM-R samples them with alpha=0.3.) The window sits at a random offset that shows
-    the comma before n and at least the first digit of n+1: a window may end inside n+1, as the
-    window of a prompt `k,` ends inside k+4 (its first digits after a carry are written there too).
-    Half the windows then move on to the next comma, so that they begin at a number, as a prompt
-    does: a prompt `k,k+1,k+2,` puts the step k+2 -> k+3 at one place in the window, and the model
-    must have been shown it there. `data` must start with a comma (the training split does). The
-    tables live on the CPU, as the random numbers do."""
+    """Window starts that show the rare steps n -> n+1 far more often than the text does: 9999 ->
+    10000 comes once per ten thousand numbers, 99 -> 100 once. Each window is centred on a step
+    drawn by its *kind* (n's digits, 9s and trailing 9s, whether n is the first of its length, the
+    trailing 9s of n+1), a kind of c steps with probability proportional to c**alpha (1: the text's
+    own mix, 0: every kind alike; XLM-R balances its languages so, with 0.3). The window shows the
+    comma before n and the first digit of n+1; half of them then move on to the next comma, to
+    begin at a number as a prompt does. The tables live on the CPU, as the random numbers do."""
 
     def __init__(self, data, block_size, alpha=0.3):
         data = data.cpu()
-        # number i lies between commas[i] and commas[i+1]
-        self.commas = commas = (data == COMMA).nonzero().squeeze(1)
+        self.commas = commas = (data == COMMA).nonzero().squeeze(1)  # number i: commas[i..i+1]
         length = commas[1:] - commas[:-1] - 1
         nines = trailing(data, commas[1:], length, NINE)
         seen = torch.cumsum(data == NINE, 0)
         all_nines = seen[commas[1:]] - seen[commas[:-1]]  # 9s anywhere in the number
         # n_i is the first number of its length (10, 100, ...): its places follow a shorter number
         first = torch.cat([torch.ones(1, dtype=torch.long), (length[1:] != length[:-1]).long()])
-        # of each step n_i -> n_i+1: n_i's digits, 9s and trailing 9s, whether it is the first
-        # of its length, and n_i+1's trailing 9s
         kind = (first * 65536 + length * 4096 + all_nines * 256 + nines * 16)[:-1] + nines[1:]
         _, kind_of_step, count = torch.unique(kind, return_inverse=True, return_counts=True)
         self.kind_p = count.float() ** alpha / (count.float() ** alpha).sum()  # (kinds,)
-        # each kind's steps together
-        self.steps_by_kind = torch.argsort(kind_of_step, stable=True)
+        self.steps_by_kind = torch.argsort(kind_of_step, stable=True)  # each kind's steps together
         self.kind_first, self.kind_count = torch.cumsum(count, 0) - count, count
         last_start = len(data) - block_size - 1
         self.lo = (commas[1:-1] + 1 - block_size).clamp(0, last_start)  # shows n+1's first digit
@@ -203,36 +137,47 @@ class StepSampler:
         return torch.where(snap, at_number, start)
 
 
-class CountingEval:
-    """Exhaustive counting accuracy: for every number in `data` whose predecessor is whole in it,
-    does greedy decoding, given the text before it, write exactly its digits and then ','?
+class Progress:
+    """A long check says how far it is: one line that updates on a terminal, a line every ten
+    seconds when the output goes to a file or a pipe."""
 
-    Greedy decoding gets a number right if and only if, at each of the number's positions, the
-    argmax given the *true* text so far is the true next token (if every pick is right, the text
-    it sees is the true text). So one teacher-forced forward pass scores many numbers at once,
-    with no sampling loop. Each window starts at the comma before a number p, which it shows
-    whole, and scores numbers after p. Two layouts:
+    def __init__(self, label):
+        self.label, self.t0, self.shown, self.tty = label, time.perf_counter(), 0, os.isatty(1)
+
+    def __call__(self, share):
+        seconds = time.perf_counter() - self.t0
+        if self.label and seconds - self.shown >= (0.5 if self.tty else 10):
+            self.shown = seconds
+            line = f"{self.label}: {share:.0%} ({seconds:.0f}s)"
+            print("\r" + line if self.tty else line, end="" if self.tty else "\n", flush=True)
+        if share == 1 and self.tty and self.shown:
+            print("\r\033[K", end="", flush=True)  # clear the line for the result
+
+
+class CountingEval:
+    """Exact counting accuracy: for every number in `data` whose predecessor is whole in it, does
+    greedy decoding, given the text before it, write exactly its digits and then ','?
+
+    Greedy decoding gets a number right if and only if at each of its positions the argmax, given
+    the *true* text so far, is the true next token (if every pick is right, the text it sees is
+    the true text). So one teacher-forced pass scores many numbers at once. Each window starts at
+    the comma before a number p, shows p whole, and scores numbers after p. Two layouts:
     - tiled (the default): the windows follow one another, each scoring the next `per_window`
-      numbers (as many as block_size holds: 3 six-digit numbers in 32 tokens), so every number
-      is scored once, after the numbers before it in its window;
-    - every_start: a window starts at every number p, as the prompt `p,` does, and runs for
-      block_size tokens, as generation from that prompt sees it before it first drops context;
-      it scores every token it predicts after p: p+1, p+2, p+3 and the first three digits of
-      p+4 for six digits (more numbers if shorter). So a number counts as right only if every
-      window that writes any of it writes it right. Generation drops context so that its window
-      again begins at a number (GPT.generate): these are all the windows it ever shows the model.
-    The tables are tensors (no Python object per number), so the cost grows with the text."""
+      numbers (3 six-digit numbers in 32 tokens), so every number is scored once;
+    - every_start: a window at every number p, as the prompt `p,` shows it, for block_size tokens,
+      as generation from that prompt sees it before it drops context: p+1, p+2, p+3 and the first
+      digits of p+4 for six digits. A number is right only if every window that writes any of it
+      writes it right; these are all the windows that generation ever shows the model."""
 
     def __init__(self, data, block_size, every_start=False):
         self.data = data
-        # number i lies between commas[i] and commas[i+1]
-        self.commas = (data == COMMA).nonzero().squeeze(1)
-        n = len(self.commas) - 1                               # whole numbers in data
+        self.commas = (data == COMMA).nonzero().squeeze(1)  # number i: commas[i]..commas[i+1]
+        self.n = n = len(self.commas) - 1                    # whole numbers in data
         if n < 2:
             raise ValueError(f"only {max(n, 0)} whole number(s) in the data: nothing to score")
         self.length = (self.commas[1:] - self.commas[:-1] - 1).cpu()
-        longest = int(self.length.max()) + 1                   # a number and its comma
-        self.per_window, self.n = block_size // longest - 1, n
+        longest = int(self.length.max()) + 1                 # a number and its comma
+        self.per_window = block_size // longest - 1
         if self.per_window < 1:
             raise ValueError(f"block_size={block_size} cannot hold 2 numbers of {longest - 1} "
                              f"digits and their commas; use a larger block_size")
@@ -246,77 +191,89 @@ class CountingEval:
         self.last = last.clamp(max=n - 1)
         # the inputs: the whole window, or up to the last digit of last[w]
         self.T = block_size if every_start else int((self.commas[self.last + 1] - self.ws).max())
-        self.scores = int((self.last - self.first + 1).sum())  # (window, number) pairs scored
         self.padded = torch.cat([data, torch.zeros(self.T, dtype=data.dtype, device=data.device)])
-        # trailing zeros
         self.carries = trailing(data, self.commas[1:], self.length.to(data.device), ZERO).cpu()
 
     def number(self, k):
         """Number k of the data, as text."""
         return Tokenizer().decode(self.data[self.commas[k] + 1:self.commas[k + 1]])
 
-    def batches(self, batch_size):
-        """The windows, batch_size at a time: (pos (B, T) input positions, number (B, T) the
-        number whose digit or comma each target pos+1 is, scored (B, T) whether this window
-        scores that target)."""
+    def batches(self, batch_size, first=0, step=1):
+        """The windows, batch_size at a time, batches first, first+step, ...: (pos (B, T) input
+        positions, number (B, T) the number whose digit or comma each target pos+1 is, scored
+        (B, T) whether this window scores that target)."""
         offsets = torch.arange(self.T, device=self.padded.device)
-        for i in range(0, len(self.ws), batch_size):
+        for i in range(first * batch_size, len(self.ws), step * batch_size):
             pos = self.ws[i:i + batch_size, None] + offsets
             number = torch.searchsorted(self.commas, pos + 1) - 1
             scored = (number >= self.first[i:i + batch_size, None]) \
                 & (number <= self.last[i:i + batch_size, None])
             yield pos, number, scored
 
-    @torch.no_grad()
-    def __call__(self, model, batch_size=512, max_failures=5, stop_at_wrong=False):
-        """Score every number. model(x) must return (logits, loss) with logits of shape (B, T, V).
-        stop_at_wrong: stop at the first batch with a wrong number, when only "all right?" matters;
-        the result then holds the numbers scored so far."""
+    def score(self, model, batches, wrong, progress, amp):
+        """Count each wrong number of these batches in `wrong`; return each batch's smallest
+        margin. It never waits for the device: what it finds is read at the end. amp: the
+        autocast dtype of the caller (None: off), whose thread this may not be."""
+        margins = []
+        with torch.inference_mode(), torch.autocast("cpu", amp or torch.bfloat16, amp is not None):
+            for pos, number, scored in batches:                                 # (B, T) each
+                x, y = self.padded[pos].long(), self.padded[pos + 1].long()    # (B, T) each
+                logits = model(x)[0].float()                                   # (B, T, V)
+                # the margin: the right token's logit minus the best wrong one's
+                right = logits.gather(-1, y[..., None]).squeeze(-1)
+                best_wrong = logits.scatter(-1, y[..., None], float("-inf")).max(-1).values
+                margins.append((right - best_wrong).masked_fill(~scored, float("inf")).min())
+                bad = scored & (logits.argmax(dim=-1) != y)                    # (B, T)
+                wrong.index_add_(0, number.flatten(), bad.flatten().int())  # wrong[number[bad]]++
+                progress(len(margins))
+        return margins
+
+    def __call__(self, model, batch_size=0, max_failures=5, label=""):
+        """Score every number; model(x) must return (logits (B, T, V), loss). label: show progress
+        under this name. On a CPU, one stream of batches per thread, each on one core: the small
+        operations of a batch gain little from being split over cores (two: 1.7x faster so)."""
+        cpu = self.padded.device.type == "cpu"
+        batch_size = batch_size or (64 if cpu else 4096)  # a GPU wants large batches
+        streams, threads = (torch.get_num_threads() if cpu else 1), torch.get_num_threads()
+        amp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        shown = Progress(label)
+        wrong = torch.zeros(streams, self.n + 1, dtype=torch.int32, device=self.padded.device)
         was_training = model.training
         model.eval()
-        wrong = torch.zeros(self.n, dtype=torch.bool, device=self.padded.device)
-        failures = {}  # number -> what went wrong, for the first few wrong numbers
-        margin = float("inf")
-        for pos, number, scored in self.batches(batch_size):                  # (B, T) each
-            x, y = self.padded[pos].long(), self.padded[pos + 1].long()        # (B, T) each
-            logits, _ = model(x)                                               # (B, T, V)
-            pred = logits.argmax(dim=-1)                                       # (B, T)
-            # the margin: the right token's logit minus the best wrong one's
-            logits = logits.float()
-            right = logits.gather(-1, y[..., None]).squeeze(-1)
-            best_wrong = logits.scatter(-1, y[..., None], float("-inf")).max(-1).values
-            margin = min(margin, float((right - best_wrong)[scored].min()))
-            bad = scored & (pred != y)                                         # (B, T)
-            wrong[number[bad]] = True
-            if len(failures) < max_failures and bad.any():
-                for b, t in bad.nonzero().tolist():
-                    if len(failures) == max_failures:
-                        break
-                    k = int(number[b, t])
-                    if k not in failures:
-                        failures[k] = self.failure(k, pos[b], pred[b])
-            if stop_at_wrong and wrong.any():
-                break
+        torch.set_num_threads(1 if streams > 1 else threads)
+        try:
+            with ThreadPoolExecutor(streams) as pool:
+                margins = sum(pool.map(lambda k: self.score(
+                    model, self.batches(batch_size, k, streams), wrong[k], lambda done: shown(
+                        done * streams * batch_size / len(self.ws)) if k == 0 else None, amp),
+                    range(streams)), [])
+        finally:
+            torch.set_num_threads(threads)
+        shown(1)
+        wrong = wrong.sum(0)
+        with torch.inference_mode():
+            failures = [self.failure(model, int(k)) for k in wrong[:self.n].nonzero()[:max_failures]]
         model.train(was_training)
-        scored_to = int(number[scored].max()) + 1  # numbers 1 .. scored_to-1 were scored
-        return CountingResult(self, wrong[1:scored_to].cpu(), sorted(failures.items()), margin)
+        return CountingResult(wrong[1:self.n].cpu() == 0, self.carries[1:self.n],
+                              self.length[1:self.n], failures, float(torch.stack(margins).min()))
 
-    def failure(self, k, pos, pred):
-        """What one window (positions pos (T,), argmaxes pred (T,)) wrote for number k."""
-        ws, start, end = int(pos[0]), int(self.commas[k]), int(self.commas[k + 1])
-        tok = Tokenizer()
-        return (f"{tok.decode(self.data[ws:start + 1])} -> {self.number(k)}, argmax gave "
-                f"{tok.decode(pred[start - ws:end - ws])!r}")
+    def failure(self, model, k):
+        """What the first window that writes number k wrong wrote for it."""
+        start, end = int(self.commas[k]), int(self.commas[k + 1])
+        for ws in self.ws[(self.first <= k) & (self.last >= k)].tolist():  # windows that score k
+            pred = model(self.padded[ws:ws + self.T][None].long())[0][0].argmax(dim=-1)  # (T,)
+            got = pred[start - ws:end - ws].tolist()  # position t predicts token t+1
+            if got != self.data[start + 1:start + 1 + len(got)].tolist():
+                return (f"{Tokenizer().decode(self.data[ws:start + 1])} -> {self.number(k)}, "
+                        f"argmax gave {Tokenizer().decode(got)!r}")
 
 
 def beyond_spans(max_num):
-    """What the beyond-the-text check counts, for a text that ends at max_num-1, as (first, stop)
-    ranges of numbers, each counted on its own: max_num on for a tenth of the next power of ten
-    (1,000,000 .. 1,099,999 after 999,999), begun ten numbers earlier so that windows from the
-    text's own numbers reach max_num; then a few numbers around every later multiple of that
-    tenth below ten times it (1,100,000, 1,200,000, ..., 2,000,000, ..., 9,900,000): the carries
-    into the top digits. Returns (spans, stretch): stretch is the step to one digit longer still
-    (9,999,999 -> 10,000,000)."""
+    """The numbers past a text that ends at max_num-1, as (first, stop) ranges, each counted on its
+    own: from max_num on for a tenth of the next power of ten (1,000,000..1,099,999), begun ten
+    numbers earlier so that windows from the text reach max_num; then a few numbers around every
+    later multiple of that tenth (1,100,000, ..., 9,900,000): carries into the top digits. And
+    the stretch: the step to one digit longer still (9,999,999 -> 10,000,000)."""
     unit = 10 ** len(str(max_num - 1))  # the first number one digit longer than the text's
     tenth = max(unit // 10, 1)
     spans = [(max(max_num - 10, 0), max_num + tenth)]
@@ -326,24 +283,26 @@ def beyond_spans(max_num):
 
 
 class SpansEval:
-    """CountingEval from every start over several separate counts (beyond_spans), as one
-    result. The data is built here, past anything the model was trained on."""
+    """CountingEval from every start over several counts (numbers the model never saw), as one."""
 
     def __init__(self, spans, block_size, device="cpu"):
-        tok = Tokenizer()
-        self.evals = [CountingEval(tok.encode_tensor("," + counting_text(stop, first)).to(device),
-                                   block_size, every_start=True) for first, stop in spans]
+        self.evals = [CountingEval(Tokenizer().encode_tensor("," + counting_text(stop, first))
+                                   .to(device), block_size, every_start=True)
+                      for first, stop in spans]
         self.spans = spans
-        self.last = spans[-1][1] - 1                               # the last number it scores
-        self.n = 1 + sum(ev.n - 1 for ev in self.evals)           # as CountingEval counts them
+        self.n = 1 + sum(ev.n - 1 for ev in self.evals)  # as CountingEval counts them
 
-    def __call__(self, model):
-        return CountingResult.combine([ev(model) for ev in self.evals])
+    def __call__(self, model, label=""):
+        rs = [ev(model, label=label) for ev in self.evals]
+        ok, carries, length = (torch.cat([getattr(r, k) for r in rs])
+                               for k in ("ok", "carries", "length"))
+        return CountingResult(ok, carries, length, [f for r in rs for f in r.failures],
+                              min(r.margin for r in rs))
 
 
 def percent(correct, total, decimals=3):
-    """correct/total as a percentage that reads 100% only when nothing is wrong: 999,997 of
-    999,999 is 99.9998%, which plain rounding would print as 100.000%; this prints 99.999%."""
+    """correct/total as a percentage that reads 100% only when nothing is wrong (999,997 of
+    999,999 prints 99.999%, not the 100.000% that rounding gives)."""
     p = 100 * correct / total
     if correct < total:
         p = min(p, 100 - 10 ** -decimals)
@@ -351,32 +310,16 @@ def percent(correct, total, decimals=3):
 
 
 class CountingResult:
-    """Accuracy overall, per carry class (trailing zeros of the number) and per digit length."""
+    """Accuracy overall, per carry class (trailing zeros of the number) and per digit length, of
+    the numbers whose ok (bool) and carries and length (int) are given."""
 
-    def __init__(self, ev, wrong, failures, margin=float("nan")):
+    def __init__(self, ok, carries, length, failures, margin):
+        self.ok, self.carries, self.length = ok, carries, length
+        self.failures = [f for f in failures if f][:5]
         self.margin = margin  # the smallest (right logit - best wrong logit): > 0 when all right
-        ok = ~wrong  # for numbers 1 .. n-1: number 0 of the data has no predecessor to count from
-        self.ok = ok
         self.total, self.correct = len(ok), int(ok.sum())
         self.accuracy = self.correct / self.total
-        self.by_carry = self.by_class(ev.carries[1:len(ok) + 1], ok)
-        self.by_length = self.by_class(ev.length[1:len(ok) + 1], ok)
-        self.failures = [message for _, message in failures]
-
-    @classmethod
-    def combine(cls, results):
-        """One result for several checks, as if they were one."""
-        r = cls.__new__(cls)
-        r.ok = torch.cat([x.ok for x in results])
-        r.total, r.correct = len(r.ok), int(r.ok.sum())
-        r.accuracy = r.correct / r.total
-        r.margin = min(x.margin for x in results)
-        r.failures = [f for x in results for f in x.failures][:5]
-        for name in ("by_carry", "by_length"):
-            tables = [getattr(x, name) for x in results]
-            setattr(r, name, {c: tuple(sum(t[c][i] for t in tables if c in t) for i in (0, 1))
-                              for c in sorted(set().union(*tables))})
-        return r
+        self.by_carry, self.by_length = self.by_class(carries, ok), self.by_class(length, ok)
 
     @staticmethod
     def by_class(cls, ok):
@@ -391,25 +334,174 @@ class CountingResult:
         for name, table in (("carry (trailing zeros)", self.by_carry), ("digits", self.by_length)):
             lines.append(f"  by {name}: " + ", ".join(f"{k}: {percent(c, t, 2)} of {t}"
                                                       for k, (c, t) in sorted(table.items())))
-        lines += [f"  wrong: {f}" for f in self.failures]
-        return "\n".join(lines)
+        return "\n".join(lines + [f"  wrong: {f}" for f in self.failures])
 
 
-if __name__ == "__main__":
-    from settings import fail, parse_settings  # settings.py imports this file: only here
-    cfg, _ = parse_settings(sys.argv[1:], {"max_num": max_num, "block_size": block_size},
-                            __file__)
-    t0 = time.perf_counter()
-    tok, train_data, val_data = load_data(cfg.max_num)
-    elapsed = time.perf_counter() - t0
-    try:
-        ev = CountingEval(val_data, cfg.block_size)
-    except ValueError as e:  # the window is too short for two numbers
-        fail(f"{e} (--max_num={cfg.max_num}, --block_size={cfg.block_size})")
-    print(f"text + tokens ready in {elapsed:.2f}s: {len(train_data) + len(val_data):,} tokens, "
-          f"vocab {tok.vocab!r} (size {tok.vocab_size})")
-    print(f"train {len(train_data):,} tokens, starts {tok.decode(train_data[:24])!r}")
-    print(f"val   {len(val_data):,} tokens, starts {tok.decode(val_data[:24])!r}, "
-          f"ends {tok.decode(val_data[-20:])!r}")
-    print(f"held-out numbers to count: {ev.n - 1:,} ({ev.number(1)} .. {ev.number(ev.n - 1)}), "
-          f"in {len(ev.ws):,} windows of {ev.T} tokens")
+@torch.no_grad()
+def count_on(model, prompts, wanted, ctx):
+    """Greedy counting, one stream per batch row: stream i is prompted with the numbers
+    prompts[i] (all as long) and should write wanted[i]. Returns each stream's first error
+    (None where it is right) and the tokens written per second."""
+    idx = torch.stack([encode_prompt(",".join(p) + ",") for p in prompts])       # (S, T)
+    t = time.perf_counter()
+    with ctx:
+        out = model.generate(idx.to(next(model.parameters()).device),
+                             max(len(",".join(w)) + 1 for w in wanted), temperature=0.0)
+    out = out[:, idx.size(1):].cpu()  # waits for the device
+    tokens_per_s = out.numel() / (time.perf_counter() - t)
+    errors = []
+    for row, w in zip(out, wanted):
+        got = Tokenizer().decode(row).split(",")
+        i = next((i for i, n in enumerate(w) if got[i] != n), None)
+        errors.append(None if i is None else f"number #{i + 1} should be {w[i]}, got {got[i]!r}")
+    return errors, tokens_per_s
+
+
+class Checks:
+    """The exact checks of one model: every held-out number (after the text before it in its
+    window); the whole text from every start, as each prompt `k,` shows it; beyond the text,
+    numbers past max_num-1 that the model never saw, and 9,999,999 -> 10,000,000 (stretch); the
+    count from "0," to 1,000; and the long count, greedy streams far past the window, from
+    held-out numbers and from the end of the text on past it."""
+
+    def __init__(self, train_data, val_data, cfg):
+        if len(val_data) < cfg.block_size + 2:
+            fail(f"--max_num={cfg.max_num} is too small for a validation window; raise --max_num")
+        self.held_out = ev = CountingEval(val_data, cfg.block_size)
+        self.whole_text = self.beyond = self.stretch = None
+        spans, stretch = beyond_spans(cfg.max_num)
+        if cfg.full_check:
+            self.whole_text = CountingEval(torch.cat([train_data, val_data]), cfg.block_size,
+                                           every_start=True)
+            if cfg.block_size >= 2 * len(str(stretch[1])) + 2:  # 10,000,000 and one more fit
+                self.beyond = SpansEval(spans, cfg.block_size, val_data.device)
+                self.stretch = SpansEval([stretch], cfg.block_size, val_data.device)
+        self.from_zero = [str(n) for n in range(1, min(1000, cfg.max_num - 1) + 1)]
+        # each stream: 3 numbers to prompt it, then per_stream to write; from held-out numbers of
+        # the longest length, so that the prompts are as long (one batch)
+        first = int((ev.length == ev.length.max()).nonzero()[0])
+        per_stream = min(cfg.long_count // cfg.streams, ev.n - first - 3)
+        room = ev.n - first - 3 - per_stream
+        numbers = Tokenizer().decode(val_data).split(",")[1 + first:]  # numbers first, ...
+        starts = [i * room // max(cfg.streams - 1, 1) for i in range(cfg.streams)]
+        self.long = [(numbers[s:s + 3], numbers[s + 3:s + 3 + per_stream]) for s in starts
+                     if per_stream > 0]
+        m = cfg.max_num  # and one stream from the end of the text on past it
+        self.past = ([str(n) for n in range(m - 3, m)], [str(n) for n in range(m, m + per_stream)])
+
+
+@torch.no_grad()
+def sample(model, cfg, ctx):
+    """Go on from --prompt, as --temperature and --top_k say: the text, with the prompt."""
+    idx = encode_prompt(cfg.prompt)[None].to(next(model.parameters()).device)
+    with ctx:
+        return Tokenizer().decode(model.generate(idx, cfg.max_new_tokens, cfg.temperature,
+                                                 cfg.top_k)[0])
+
+
+def report(model, checks, r, cfg, ctx):
+    """Every check on the final weights (the last evaluation's results stand), then the model at
+    work. Returns the names of the checks of the text that went wrong."""
+    for name, check in (("held-out", checks.held_out), ("whole text", checks.whole_text),
+                        ("beyond the text", checks.beyond), ("stretch", checks.stretch)):
+        t = time.perf_counter()
+        if check is not None and name not in r:
+            with ctx:
+                r[name] = check(model, label=name)  # a long one shows its progress
+        if name in r:
+            print(f"{name} ({time.perf_counter() - t:.1f}s): {r[name].summary()}")
+    r["from 0"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]
+    print(f"counting from 0, to {checks.from_zero[-1]}: {r['from 0'] or 'no error'}")
+    if checks.long:
+        errors, tokens_per_s = count_on(model, *zip(*checks.long), ctx)
+        r["long count"] = next((e for e in errors if e), None)
+        print(f"long count: {len(errors)} streams of {len(checks.long[0][1]):,} numbers on from "
+              f"held-out numbers: {r['long count'] or 'no error'} ({tokens_per_s:,.0f} tokens/s)")
+    if checks.long and checks.beyond:
+        error = count_on(model, [checks.past[0]], [checks.past[1]], ctx)[0][0]
+        print(f"long count past the text, on from {','.join(checks.past[0])},: "
+              f"{error or 'no error'}")
+    print(f"prompt {cfg.prompt!r} -> {sample(model, cfg, ctx)[1:]!r}")
+    # the verdict is on the numbers of the text: what lies beyond it is measured, not promised
+    wrong = [name for name in ("held-out", "whole text") if name in r and r[name].accuracy < 1]
+    wrong += [name for name in ("from 0", "long count") if r.get(name)]
+    margins = ", ".join(f"{name} {r[name].margin:.2f}" for name in ("held-out", "whole text")
+                        if name in r)
+    if wrong:
+        print(f"error: the model does not count every number ({', '.join(wrong)} wrong; margin "
+              f"{margins}); try another --seed or a longer run (--max_iters)", file=sys.stderr)
+    else:
+        print(f"it counts: every check right, margin {margins} (the right token's logit over "
+              f"the best wrong one's, at the closest call)")
+    return wrong
+
+
+# -----------------------------------------------------------------------------
+# settings: each script keeps its defaults as plain variables at its top, between two '# ----'
+# lines; --key=value on the command line overrides one, converted to the default's type
+
+def fail(message, code=2):
+    """One line that names the problem and the fix, and the exit code (2: bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_settings(argv, defaults, path):
+    """defaults with argv's --key=value overrides, each converted to its default's type. Returns
+    the settings (read as s.n_layer) and the set of keys given. --help prints the settings block
+    of the script at `path`."""
+    if "-h" in argv or "--help" in argv:
+        block = open(path).read().split("\n# ----")[1].split("\n", 1)[1]
+        print(f"usage: python {os.path.basename(path)} [--key=value ...]\n\n{block}")
+        sys.exit(0)
+    s, given = SimpleNamespace(**defaults), set()
+    for arg in argv:
+        key, eq, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not eq or key not in defaults or key in given:
+            fail(f"cannot read {arg!r}: give each setting once, as --key=value with a key of "
+                 f"{' '.join('--' + k for k in defaults)}")
+        kind = type(defaults[key])
+        try:
+            v = {"true": True, "false": False}[value.lower()] if kind is bool else kind(value)
+            if kind is float and not math.isfinite(v):
+                raise ValueError
+        except (KeyError, ValueError):
+            fail(f"--{key}={value} is not a valid {kind.__name__}; e.g. --{key}={defaults[key]}")
+        setattr(s, key, os.path.expanduser(v) if key == "out_dir" else v)
+        given.add(key)
+    return s, given
+
+
+# (settings, test of each value, what it must be): every script checks the settings it has
+RULES = [(("max_num",), lambda v: v >= 10, "at least 10"),
+         (("n_layer", "n_head", "n_embd", "batch_size", "eval_interval", "eval_iters", "streams"),
+          lambda v: v >= 1, "at least 1"),
+         (("max_iters", "warmup_iters", "max_new_tokens", "long_count", "top_k", "min_lr",
+           "weight_decay", "grad_clip", "place_shift"), lambda v: v >= 0, "0 or more"),
+         (("seed",), lambda v: 0 <= v < 2**63, "from 0 to 2**63-1"),
+         (("dropout", "place_dropout", "label_smoothing", "ema_decay"), lambda v: 0 <= v < 1,
+          "in [0, 1)"),
+         (("shift_share", "window_alpha"), lambda v: 0 <= v <= 1, "in [0, 1]"),
+         (("learning_rate",), lambda v: 0 < v <= 1, "above 0 and at most 1"),
+         (("temperature",), lambda v: v == 0 or v >= 1e-3, "0 (greedy) or at least 0.001"),
+         (("mode",), lambda v: v in ("train", "sample", "eval"), "train, sample or eval"),
+         (("init_from",), lambda v: v in ("scratch", "resume"), "scratch or resume"),
+         (("dtype",), lambda v: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16")]
+
+
+def check_settings(s, defaults):
+    """The rules, and what settings must be together: a bad one is one line, exit 2, before any
+    work."""
+    for keys, ok, must in RULES:
+        for key in keys:
+            if key in defaults and not ok(getattr(s, key)):
+                fail(f"--{key}={getattr(s, key)} must be {must}; the default is {defaults[key]}")
+    longest = len(str(s.max_num - 1)) + 1 if "max_num" in defaults else 0  # a number, a comma
+    if "block_size" in defaults and s.block_size < 2 * longest:  # n and n+1 fill a window
+        fail(f"--block_size={s.block_size} cannot hold two numbers of {longest - 1} digits; use "
+             f"--block_size={2 * longest} or more, or a smaller --max_num")
+    if "n_head" in defaults and s.n_embd % s.n_head:
+        fail(f"--n_embd={s.n_embd} must be a multiple of --n_head={s.n_head}")
+    if "prompt" in defaults and not re.fullmatch(r",?(0|[1-9]\d*)(,(0|[1-9]\d*))*,?", s.prompt):
+        fail(f"--prompt={s.prompt!r} is not the start of a count: give whole numbers without "
+             f"leading zeros, each followed by a comma, e.g. --prompt=41,42,")

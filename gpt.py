@@ -1,33 +1,28 @@
 """
-A character-level GPT that learns to count: the model, its training loop, evaluation and generation.
+A character-level GPT that learns to count: the model, its training loop, checkpoints, the exact
+checks and generation. The task (the text, the batches, the counting check) is in data.py.
 
-    python gpt.py                                 # train it to count, then check everything
-    python gpt.py --n_layer=4 --learning_rate=1e-3  # any setting below as --key=value (see --help)
-    python gpt.py --mode=sample --prompt=41,42,   # continue a prompt with the saved out/ckpt.pt
-    python gpt.py --mode=eval                     # every exact check of the saved model
-    python gpt.py --mode=attention --prompt=909998,909999,  # what each head looks at
-
-Beside it: data.py, the task (the text, the tokenizer, the batches, the counting check);
-checks.py, the exact checks and the report a run ends with; settings.py, the --key=value
-settings, the device, and what keeps a run safe (checkpoints, the out_dir lock, signals);
-attention.py, the attention view.
+    python gpt.py                                  # train it to count, then check every number
+    python gpt.py --n_layer=4 --learning_rate=1e-3 # any setting below, as --key=value (--help)
+    python gpt.py --mode=sample --prompt=41,42,    # go on from a prompt with the saved model
+    python gpt.py --mode=eval                      # every exact check of the saved model
 """
 import copy
 import math
+import os
+import shlex
+import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from attention import show_attention
-from checks import Checks, all_right, eval_line, evaluate, note_past_the_text, report
-from data import StepSampler, Tokenizer, encode_prompt, get_batch, load_data
-from settings import (SafeRun, check_compile, fail, finite, load_weights, lock_out_dir, parse_args,
-                      pick_device, pick_dtype, progress_so_far, resume_training, run_safely)
+from data import (Checks, StepSampler, check_settings, fail, get_batch, load_data, parse_settings,
+                  percent, report, sample)
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -36,7 +31,7 @@ max_num = 1_000_000        # the text is ",0,1,2,...,max_num-1,"
 # model
 n_layer = 2
 n_head = 4
-n_embd = 48                # 48 rather than 64: a fifth faster a step (LOG.md has the screens)
+n_embd = 48
 block_size = 32            # context length in characters
 dropout = 0.0
 place_dropout = 0.5        # share of training windows shown without places from the right
@@ -53,29 +48,28 @@ warmup_iters = 100
 weight_decay = 0.5         # strong, to prefer the one rule that counts every number over shortcuts
 ema_decay = 0.99           # evaluate, sample and save a moving average of the weights (0 = raw)
 grad_clip = 1.0            # clip the gradient norm at this (0 = off)
-eval_interval = 250        # evaluate (loss and exact counting checks) every this many steps
+eval_interval = 250        # evaluate (the loss and the held-out counting check) every this often
 eval_iters = 20            # batches per loss estimate
-stop_at_100 = False        # True: stop once every check of the text is right (past it: later)
-max_seconds = 0.0          # stop after this much training time, not counting evaluation (0 = off)
 # system
 device = "auto"            # auto = cuda, else mps, else cpu
-dtype = "auto"             # auto = bfloat16 where the GPU has it, else float16 on a GPU, float32
+dtype = "auto"             # auto = bfloat16 on a GPU that has it, else float32
 compile = False            # torch.compile the model
 seed = 1337
 out_dir = "out"            # the checkpoint goes to out_dir/ckpt.pt
 init_from = "scratch"      # scratch, or resume from out_dir/ckpt.pt
 # checks and generation: after training, or from the saved model with --mode
-mode = "train"             # train, sample (go on from --prompt), eval (every check), attention
+mode = "train"             # train, sample (go on from --prompt), eval (every check)
 prompt = "0,"              # the start of a count: whole numbers, each followed by a comma
 max_new_tokens = 100
 temperature = 0.0          # 0 = greedy (always the most likely token)
 top_k = 0                  # sample only from the k most likely tokens (0 = all)
-full_check = True          # also check the count from 0, and every prompt k, of the whole text
+full_check = True          # also check the whole text from every start, and past it
 long_count = 10_000        # count this many held-out numbers on, greedily, far past the window
 streams = 20               # ... in this many streams at once
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items()
             if not k.startswith("_") and type(v) in (int, float, bool, str)}
+OWN_KEYS = ("mode", "init_from", "out_dir", "device", "dtype", "compile")  # never a checkpoint's
 
 
 # ------------------------------------------------------------------------------------------
@@ -92,28 +86,18 @@ class GPTConfig:
     place_dropout: float = 0.5  # training windows that lose their places from the right
     place_shift: int = 3        # training windows' places raised by 0..place_shift
     shift_share: float = 0.5    # the share of training windows raised
-    # a loss that aims at 0.91 for the right token (and 0.009 for each other) is lowest at a
-    # finite logit gap, so it never fades to 0: every number keeps being pulled to that gap
+    # aiming at 0.91 for the right token, the loss is lowest at a finite logit gap: it never fades
     label_smoothing: float = 0.1
     comma: int = 0  # the token that ends a number: each digit's place is counted from it
-
-    def __post_init__(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
-                             f"each head gets n_embd // n_head channels")
 
 
 class KVCache:
     """The keys and values of every token generated so far, per layer, so that the next token
-    costs one token's work instead of the whole context's. pos: how many tokens it holds."""
+    costs one token's work instead of the whole context's; and the tokens themselves, as a
+    token's place in its number depends on those before it."""
 
     def __init__(self, n_layer):
-        self.k, self.v = [None] * n_layer, [None] * n_layer
-        self.tokens = None  # every token so far: a token's place in its number depends on them
-
-    @property
-    def pos(self):
-        return 0 if self.tokens is None else self.tokens.size(1)
+        self.k, self.v, self.tokens = [None] * n_layer, [None] * n_layer, None
 
     def add(self, layer, k, v):
         """Append one layer's new keys and values (B, n_head, T, head_size); return all of them."""
@@ -129,8 +113,7 @@ def digit_places(idx, comma):
     right, as the number before says (n+1 is as long as n, except after 9, 99, 999, ...):
     2 for the digit that would be the ones, 3 for the tens, and so on; 1 for a digit past the
     ones (the new digit of 99 -> 100); a comma gets the length of the number it ends, plus 2.
-    0 where the window does not show it: before its first comma (both), and in the number after
-    that one, whose predecessor it does not show (right)."""
+    0 where the window does not show it: before its first comma, and (right) in the number after."""
     pos = torch.arange(1, idx.size(1) + 1, device=idx.device)                  # (T,) from 1
     last = torch.where(idx == comma, pos, 0).cummax(dim=1).values  # (B, T) last comma so far
     before = torch.gather(F.pad(last[:, :-1], (2, 0)), 1, last)    # (B, T) the comma before it
@@ -141,12 +124,11 @@ def digit_places(idx, comma):
 
 
 def shift_places(left, right, most, share):
-    """Training only: raise the places of a share of the windows by a random 0..most, one draw
-    per window for the places from the left and from the right alike, so that the places of a
-    number longer than any in the text (7th from the left, 8th from the right) are trained on the
-    text's own numbers (McLeish et al. 2024). The first digit (left 1), the ones and the digit past
-    them (right 2 and 1) keep theirs: n+1 is longer than n when n is all 9s, and that is read
-    between where n begins and where its ones are. (B, T) each -> (B, T) each."""
+    """Training only: raise the places of a share of the windows by a random 0..most, one draw per
+    window for both sides, so that the places of numbers longer than the text's (7th from the
+    left, 8th from the right) are trained on its own numbers (McLeish et al. 2024). The first
+    digit (left 1), the ones and the digit past them (right 2 and 1) keep theirs: whether n+1 is
+    longer than n is read between them. (B, T) each -> (B, T) each."""
     B = left.size(0)
     shifted = (torch.rand(B, 1, device=left.device) < share).long()                  # (B, 1)
     k = torch.randint(0, most + 1, (B, 1), device=left.device) * shifted             # (B, 1)
@@ -223,8 +205,6 @@ class Block(nn.Module):
 def sample_next_token(logits, temperature=0.0, top_k=0):
     """(B, vocab_size) logits -> (B, 1) next tokens: the most likely one (temperature 0), or one
     drawn from the softmax at this temperature, among the top_k most likely (0 = all)."""
-    if temperature < 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature={temperature} must be 0 (greedy) or positive")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
@@ -261,14 +241,12 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, cache=None, weights=None):
         """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean label-smoothed
-        cross-entropy loss against targets (B, T) if given, over the targets that are not -1.
-        cache: a KVCache (generation); weights: a list that receives each layer's attention
-        weights (B, n_head, T, T_all)."""
+        cross-entropy loss over the targets (B, T) that are not -1, if given. cache: a KVCache
+        (generation); weights: a list that gets each layer's attention (B, n_head, T, T_all)."""
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0                     # tokens already cached
+        start = 0 if cache is None or cache.tokens is None else cache.tokens.size(1)  # cached
         if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than "
-                             f"block_size={self.config.block_size}")
+            raise ValueError(f"{start + T} tokens exceed block_size={self.config.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)           # (T,)
         if cache is not None:  # a token's place in its number depends on the tokens before it
             cache.tokens = idx if cache.tokens is None else torch.cat([cache.tokens, idx], dim=1)
@@ -294,15 +272,10 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, use_cache=True):
         """Append max_new_tokens tokens to idx (B, T), one at a time, each chosen by
-        sample_next_token from the model's prediction for the next token. When the context
-        outgrows block_size, only its newest block_size // 2 tokens are kept, from their first
-        comma on (in a batch, the first place where every row has one), so that the window begins
-        at a number as a prompt's does: one that begins inside a number hides where it starts.
-        Dropping half at once lets the key/value cache serve the next steps; cached and uncached
-        see the same context, so they give the same tokens."""
-        if idx.dim() != 2 or idx.size(1) == 0 or idx.is_floating_point() or idx.dtype == torch.bool:
-            raise ValueError(f"idx must be token ids of shape (B, T) with T >= 1, got "
-                             f"{idx.dtype} of shape {tuple(idx.shape)}")
+        sample_next_token. When the context outgrows block_size, only its newest block_size // 2
+        tokens are kept, from their first comma on (in a batch, the first place where every row
+        has one): a window that begins inside a number hides where it starts. Dropping half at
+        once lets the cache serve the next steps, and cached or not the model sees the same."""
         keep = max(1, self.config.block_size // 2)
         idx = idx.long()  # ids may come as bytes (Tokenizer.encode_tensor)
         context, cache, new_tokens = idx, None, []  # context (B, <= block_size): what it sees
@@ -328,13 +301,13 @@ class GPT(nn.Module):
 # Optimizer, learning-rate schedule and loss estimate
 
 def configure_optimizer(model, cfg, device_type):
-    """AdamW, with weight decay on the matrices and embeddings only (not on biases or LayerNorm
-    gains), fused into one kernel on CUDA."""
+    """AdamW, decaying matrices and embeddings only (not biases or LayerNorm gains), each update
+    on all weights at once: fused on CUDA, foreach elsewhere (a CPU step 7% faster, same bits)."""
     params = list(model.parameters())
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99),
-                             fused=device_type == "cuda")
+                             fused=device_type == "cuda", foreach=device_type != "cuda")
 
 
 def get_lr(it, cfg):
@@ -348,223 +321,229 @@ def get_lr(it, cfg):
 
 @torch.no_grad()
 def estimate_loss(model, splits, cfg, ctx):
-    """Mean loss over eval_iters batches per split. The batches come from a generator of their
-    own, reseeded each time: every estimate sees the same batches, and training's stream of
-    random numbers is untouched (so a resumed run matches an unbroken one)."""
-    was_training = model.training
-    model.eval()
+    """Mean loss of a model in eval mode over eval_iters batches per split, drawn by a generator
+    of their own, reseeded each time: every estimate sees the same batches, and training's random
+    stream is untouched (so a resumed run matches an unbroken one)."""
     out = {}
     for name, data in splits.items():
         gen = torch.Generator().manual_seed(cfg.seed)
-        losses = torch.zeros(cfg.eval_iters)
+        losses = torch.zeros(cfg.eval_iters, device=data.device)  # read once: no sync per batch
         for i in range(cfg.eval_iters):
             x, y = get_batch(data, cfg.batch_size, cfg.block_size, data.device, generator=gen)
             with ctx:
                 _, loss = model(x, y)
-            losses[i] = loss.item()
+            losses[i] = loss
         out[name] = losses.mean().item()
-    model.train(was_training)
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# Settings and checkpoints
+
+def get_config(argv):
+    """The defaults with the command line's --key=value overrides, and the checkpoint (or None):
+    every mode but training from scratch loads it (weights_only: no pickled code runs), and its
+    settings stand in for the defaults, but where and how to run, and what to sample."""
+    cfg, given = parse_settings(argv, DEFAULTS, __file__)
+    check_settings(cfg, DEFAULTS)  # the command line's, then again with the checkpoint's
+    path, ckpt = os.path.join(cfg.out_dir, "ckpt.pt"), None
+    if cfg.mode != "train" or cfg.init_from == "resume":
+        try:  # a missing, truncated or foreign file
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            saved = {k: v for k, v in ckpt["settings"].items() if k in DEFAULTS}
+        except Exception as e:
+            fail(f"cannot read a checkpoint at {path} ({type(e).__name__}); train one with: "
+                 f"python gpt.py --init_from=scratch --out_dir={shlex.quote(cfg.out_dir)}")
+        for key in {"n_layer", "n_head", "n_embd", "block_size", "place_shift"} & given:
+            if getattr(cfg, key) != saved[key]:
+                fail(f"the checkpoint in {cfg.out_dir} has {key}={saved[key]}; drop --{key}")
+        own = OWN_KEYS + (("prompt", "max_new_tokens", "temperature", "top_k")
+                          if cfg.mode != "train" else ())
+        vars(cfg).update({k: v for k, v in saved.items() if k not in given and k not in own})
+    elif "init_from" not in given and os.path.exists(path):  # never replace a model unasked
+        fail(f"{path} holds a trained model; go on training it with --init_from=resume, "
+             f"replace it with --init_from=scratch, or pick another --out_dir")
+    check_settings(cfg, DEFAULTS)
+    return cfg, ckpt
+
+
+def save_checkpoint(cfg, model, ema, optimizer, iter_num, progress):
+    """A temporary file, renamed over the checkpoint: atomic, so a crash leaves the last whole."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    tmp = f"{path}.{os.getpid()}.tmp"  # one per process: two runs never write the same file
+    ckpt = {"model": ema.state_dict(), "train_model": model.state_dict(), "iter_num": iter_num,
+            "optimizer": optimizer.state_dict(), "model_config": asdict(model.config),
+            "settings": vars(cfg), "progress": progress, "rng": torch.get_rng_state()}
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            os.fsync(f.fileno())  # on the disk before the rename
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk, no permission
+        fail(f"cannot save {path} ({e}); the checkpoint before it is kept")
+    finally:  # a failed or interrupted write leaves no temporary file
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def build_model(cfg, ckpt, device):
+    """The model and the moving average of its weights, new or from the checkpoint."""
+    config = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if f.name in DEFAULTS}
+    model = GPT(GPTConfig(**config)).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()  # smooths the steps' noise away
+    if ckpt is not None:
+        try:
+            ema.load_state_dict(ckpt["model"])
+            model.load_state_dict(ckpt["train_model"])
+        except (KeyError, RuntimeError) as e:
+            fail(f"the checkpoint in {cfg.out_dir} does not fit the model ({type(e).__name__}); "
+                 f"train a new one with --init_from=scratch")
+    return model, ema
 
 
 # ------------------------------------------------------------------------------------------
 # Training
 
-def sync(device_type):
-    """GPU work is queued: wait for it before reading the clock."""
+def get_device(cfg):
+    """The device (CUDA, else MPS, else the CPU) and the context its matmuls run in: autocast to
+    bfloat16 (a GPU's default where it has it), the weights and optimizer staying float32."""
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() \
+        else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device_type = torch.empty(0, device=device).device.type
+    except (RuntimeError, AssertionError) as e:
+        fail(f"--device={cfg.device} is not on this machine ({type(e).__name__}); try auto")
     if device_type == "cuda":
-        torch.cuda.synchronize()
-    elif device_type == "mps":
-        torch.mps.synchronize()
-
-
-def build_model(cfg, ckpt, device):
-    """The model and its averaged copy, from scratch or with the checkpoint's weights."""
-    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=Tokenizer().vocab_size,
-                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                          dropout=cfg.dropout, place_dropout=cfg.place_dropout,
-                          label_smoothing=cfg.label_smoothing, place_shift=cfg.place_shift,
-                          shift_share=cfg.shift_share)).to(device)
-    # with ema_decay > 0 a moving average of the trained weights, which smooths away their
-    # step-to-step noise; with 0 a copy of them
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    if ckpt is not None:
-        load_weights(model, ema, ckpt, cfg.out_dir)
-    return model, ema
-
-
-def sample(model, cfg, device, ctx):
-    """Go on from --prompt: what a user of the trained model sees."""
-    note_past_the_text(cfg)
-    with ctx:
-        out = model.generate(encode_prompt(cfg.prompt)[None].to(device), cfg.max_new_tokens,
-                             temperature=cfg.temperature, top_k=cfg.top_k)
-    print(Tokenizer().decode(out[0, 1:]))  # without the comma in front
+        torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 for float32 matmuls (Ampere+)
+    if cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device_type == "cuda" \
+            and torch.cuda.is_bf16_supported(including_emulation=False):
+        return device, torch.autocast(device_type, dtype=torch.bfloat16)
+    return device, nullcontext()
 
 
 def main(argv):
-    """Train a GPT to count (or, with --mode, use the saved one). Returns a summary for bench.py."""
-    cfg, ckpt = parse_args(argv, DEFAULTS, __file__)
-    device = pick_device(cfg.device)
-    device_type = device.split(":")[0]
-    ptdtype = pick_dtype(cfg.dtype, device)
-    # autocast runs the matmuls in ptdtype; the weights and the optimizer stay float32
-    ctx = torch.autocast(device_type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 for float32 matmuls (Ampere+)
-    if cfg.compile:
-        check_compile(device)
-    if cfg.mode == "train":
-        lock_out_dir(cfg.out_dir)
+    """Train a GPT to count (or, with --mode, use the saved one). Returns a summary (bench.py)."""
+    cfg, ckpt = get_config(argv)
+    device, ctx = get_device(cfg)
     torch.manual_seed(cfg.seed)
-
-    # the model, and the moving average of its weights that we evaluate, sample from and save
     model, ema = build_model(cfg, ckpt, device)
-    print(f"device {device} ({str(ptdtype).removeprefix('torch.')}), "
+    print(f"device {device} ({'bfloat16' if isinstance(ctx, torch.autocast) else 'float32'}), "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, {cfg.n_layer} layers x "
           f"{cfg.n_head} heads x {cfg.n_embd} wide, block_size {cfg.block_size}")
-    if cfg.mode == "sample":
-        return sample(ema, cfg, device, ctx)
-    if cfg.mode == "attention":
-        return show_attention(ema, cfg, device)
+    if cfg.mode == "sample":  # what a user of the trained model sees
+        return print(sample(ema, cfg, ctx)[1:])  # without the comma in front
 
     # the data, all of it on the device, and the checks
     t0 = time.perf_counter()
     _, train_data, val_data = load_data(cfg.max_num)
-    sampler = StepSampler(train_data, cfg.block_size, cfg.window_alpha) \
-        if cfg.window_alpha < 1 else None
+    sampler = None if cfg.window_alpha == 1 else StepSampler(train_data, cfg.block_size,
+                                                             cfg.window_alpha)
     train_data, val_data = train_data.to(device), val_data.to(device)
-    if cfg.mode == "eval":
-        cfg.full_check = True  # every check, whatever the model was trained with
-    try:
-        checks = Checks(train_data, val_data, cfg)
-    except ValueError as e:
-        fail(f"{e} (--max_num={cfg.max_num}, --block_size={cfg.block_size})")
+    cfg.full_check |= cfg.mode == "eval"  # every check of a saved model
+    checks = Checks(train_data, val_data, cfg)
     print(f"data ready in {time.perf_counter() - t0:.2f}s: {len(train_data):,} train / "
           f"{len(val_data):,} val tokens, {checks.held_out.n - 1:,} held-out numbers to count")
     if cfg.mode == "eval":
-        return report(ema, checks, {}, cfg, ctx)
-    return train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptdtype)
+        return {"wrong": report(ema, checks, {}, cfg, ctx)}
+    return train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx)
 
 
-def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx, ptdtype):
-    """The training loop: from step 0, or from where the checkpoint left off, until every check
-    is right (stop_at_100), max_iters or max_seconds; then the report. ctx: autocast to ptdtype
-    (or nothing, for float32)."""
-    device_type = train_data.device.type
-    # the optimizer, a gradient scaler that keeps float16 gradients in range (off otherwise),
-    # and where training starts: step 0, or the checkpoint's step with its random state
-    optimizer = configure_optimizer(model, cfg, device_type)
-    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
-    iter_num = resume_training(ckpt, optimizer, cfg, device_type) if ckpt is not None else 0
+def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx):
+    """The training loop, from step 0 or the checkpoint's, to max_iters; then the report. Ctrl-C,
+    SIGTERM (kill) and SIGHUP (a closed terminal) finish the step, save and stop; twice: at once."""
+    optimizer = configure_optimizer(model, cfg, train_data.device.type)
+    iter_num, progress = 0, {"train_time": 0.0, "eval_time": 0.0, "first_100": None}
+    if ckpt is not None:  # go on where it left off: the optimizer's state, the random stream
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"])
+        iter_num, progress = ckpt["iter_num"], ckpt["progress"]
+        print(f"resuming from {cfg.out_dir} at step {iter_num}")
     train_model = torch.compile(model) if cfg.compile else model
     params, ema_params = list(model.parameters()), list(ema.parameters())
+    splits = {"train": train_data, "val": val_data}
+    signals = [getattr(signal, s) for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    stop_signal = []
 
-    # loop state (a resumed run goes on with the checkpoint's)
-    so_far = ckpt.get("progress", {}) if ckpt is not None else {}
-    first_iter = iter_num   # where this run started (a resumed run starts later)
-    train_time = so_far.get("train_time", 0.0)  # seconds of training steps, not evaluation
-    eval_time = 0.0         # seconds of evaluation
-    first_100 = so_far.get("first_100")  # (step, train_time) when held-out was first all right
-    first_all = so_far.get("first_all")  # the step when every check was first right
-    r = {}                  # the results of the last evaluation
-    last_loss = None        # the last step's loss, left on the device (read at evaluations only)
-    stop = None             # why the loop ends
-    interval_start, interval_iter = time.perf_counter(), iter_num  # since the last evaluation
-    # saves checkpoints atomically, and turns Ctrl-C and other signals into "save and stop"
-    with SafeRun(cfg, ckpt, DEFAULTS, __file__) as run:
-        while True:
-            elapsed = train_time + time.perf_counter() - interval_start
-            out_of_steps = iter_num >= cfg.max_iters
-            out_of_time = cfg.max_seconds > 0 and elapsed >= cfg.max_seconds
-            evaluated = False
+    def on_signal(signum, frame):
+        stop_signal.append(signum)
+        for s in signals:
+            signal.signal(s, previous[s])
+    previous = {s: signal.signal(s, on_signal) for s in signals}
 
-            # once in a while, at the end, and when asked to stop: check the loss, evaluate, save
-            if iter_num % cfg.eval_interval == 0 or out_of_steps or out_of_time or run.signum:
-                sync(device_type)
-                interval = time.perf_counter() - interval_start
-                train_time += interval
-                if not finite(last_loss, model, ema):
-                    stop = "diverged"  # the checkpoint on disk keeps the last finite weights
-                elif run.signum:
-                    stop = "interrupted"
-                else:
-                    t_eval = time.perf_counter()
-                    losses = estimate_loss(ema, {"train": train_data, "val": val_data}, cfg, ctx)
-                    # the dear checks only decide when to stop: without stop_at_100 they wait
-                    # for the report, which runs every check on the final weights
-                    dear = cfg.stop_at_100 and first_all is None
-                    r = {"loss": losses, **evaluate(ema, checks, ctx, dear=dear)}
-                    eval_time += time.perf_counter() - t_eval
-                    if not finite(*r["loss"].values()):  # finite weights can still overflow
-                        stop = "diverged"
-                    else:
-                        evaluated = True
-                        ms_per_step = 1000 * interval / max(iter_num - interval_iter, 1)
-                        print(eval_line(iter_num, r, ms_per_step, train_time,
-                                        time.perf_counter() - t_eval), flush=True)
-                        if r["held-out"].accuracy == 1 and first_100 is None:
-                            first_100 = (iter_num, train_time)
-                            print(f"every held-out number counted right after {iter_num} steps, "
-                                  f"{train_time:.1f}s of training")
-                        if first_all is None and all_right(r, checks):
-                            first_all = iter_num
-                            print(f"every check right after {iter_num} steps")
-                if stop != "diverged" and not run.save(
-                        model, ema, optimizer, iter_num,
-                        progress_so_far(train_time, first_100, first_all)):
-                    stop = stop or "save failed"
-                interval_start, interval_iter = time.perf_counter(), iter_num
+    last_loss = torch.zeros(())  # the last step's loss, read at evaluations only (a GPU runs on)
+    t0, t0_iter = time.perf_counter(), iter_num  # the clock of the steps since the last eval
+    while True:
+        # once in a while, at the end and when asked to stop: evaluate, then save
+        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or stop_signal:
+            if train_data.is_cuda:
+                torch.cuda.synchronize()  # the GPU's work is queued: wait for it, then time it
+            progress["train_time"] += time.perf_counter() - t0
+            if not stop_signal:
+                ms_per_step = 1000 * (time.perf_counter() - t0) / max(iter_num - t0_iter, 1)
+                r = evaluate(ema, last_loss, iter_num, ms_per_step, progress, splits, checks, cfg,
+                             ctx)
+            save_checkpoint(cfg, model, ema, optimizer, iter_num, progress)
+            t0, t0_iter = time.perf_counter(), iter_num
+        if stop_signal or iter_num >= cfg.max_iters:
+            break
 
-            # when to stop: every reason, in one place
-            if stop is None:
-                if run.signum and run.saved == iter_num:  # it came while evaluating: saved
-                    stop = "interrupted"
-                elif evaluated and cfg.stop_at_100 and first_all == iter_num:
-                    stop = "every check right"
-                elif out_of_steps:
-                    stop = f"max_iters={cfg.max_iters} reached"
-                elif out_of_time:
-                    stop = f"max_seconds={cfg.max_seconds} reached"
-            if stop:
-                break
-
-            # one training step: forward, backward, clip, update
-            for group in optimizer.param_groups:
-                group["lr"] = get_lr(iter_num, cfg)
-            x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, train_data.device,
-                             sampler=sampler)
-            with ctx:
-                _, loss = train_model(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-
-            # the moving average, e = decay * e + (1 - decay) * p, for all weights in one call
+        # one training step: forward, backward, clip, update
+        for group in optimizer.param_groups:
+            group["lr"] = get_lr(iter_num, cfg)
+        x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, train_data.device,
+                         sampler=sampler)
+        with ctx:
+            _, loss = train_model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+        optimizer.step()
+        with torch.no_grad():  # the moving average e = decay * e + (1 - decay) * p, in one call
             torch._foreach_lerp_(ema_params, params, 1.0 - cfg.ema_decay)
+        last_loss = loss.detach()
+        iter_num += 1
 
-            # bookkeeping
-            last_loss = loss.detach()  # read at the next evaluation: every step would stall a GPU
-            iter_num += 1
+    for s in signals:
+        signal.signal(s, previous[s])
+    if stop_signal:  # the checkpoint holds every setting but where and how to run
+        where = [f"--{k}={getattr(cfg, k)}" for k in OWN_KEYS[2:] if getattr(cfg, k) != DEFAULTS[k]]
+        print(f"interrupted at step {iter_num}, saved in {cfg.out_dir}; resume with: "
+              f"{shlex.join(['python', 'gpt.py', '--init_from=resume', *where])}", file=sys.stderr)
+        sys.exit(128 + stop_signal[0])
+    print(f"stopped at step {iter_num}: {progress['train_time']:.1f}s of training, "
+          f"{progress['eval_time']:.1f}s of evaluation")
+    return {"iters": iter_num, **progress, "wrong": report(ema, checks, r, cfg, ctx)}
 
-    # the report: why training stopped, then every check of the averaged weights
-    run.exit_if_unfinished(stop, iter_num)  # diverged, interrupted, a failed save: say why
-    print(f"stopped at step {iter_num} ({stop}): {train_time:.1f}s of training, "
-          f"{eval_time:.1f}s of evaluation")
-    with run.reporting():  # Ctrl-C here: the model is saved, say so
-        r = report(ema, checks, r, cfg, ctx)
-    tokens = (iter_num - first_iter) * cfg.batch_size * cfg.block_size
-    return {"iters": iter_num, "train_time": train_time, "eval_time": eval_time,
-            "counts": r["counts"], "first_100": first_100, "first_all": first_all,
-            "correct": r["held-out"].correct, "total": r["held-out"].total,
-            "tokens_per_s": tokens / max(train_time, 1e-9)}
+
+def evaluate(ema, last_loss, iter_num, ms_per_step, progress, splits, checks, cfg, ctx):
+    """The loss of the averaged weights on both splits, and every held-out number, on one line. A
+    loss that is not finite stops the run before it saves: the checkpoint keeps the last finite."""
+    t = time.perf_counter()
+    losses = estimate_loss(ema, splits, cfg, ctx)
+    if not all(math.isfinite(v) for v in [last_loss.item(), *losses.values()]):
+        fail("the loss is no longer finite: training diverged, and the checkpoint keeps the "
+             "last finite weights; lower --learning_rate or raise --warmup_iters", code=1)
+    with ctx:
+        held_out = checks.held_out(ema)
+    progress["eval_time"] += time.perf_counter() - t
+    print(f"step {iter_num:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f} | "
+          f"held-out counting {percent(held_out.correct, held_out.total):>8} margin "
+          f"{held_out.margin:5.2f} | {ms_per_step:.1f} ms/step | train "
+          f"{progress['train_time']:.1f}s, eval {time.perf_counter() - t:.1f}s", flush=True)
+    if held_out.accuracy == 1 and progress["first_100"] is None:
+        progress["first_100"] = iter_num
+        print(f"every held-out number counted right after {iter_num} steps, "
+              f"{progress['train_time']:.1f}s of training")
+    return {"held-out": held_out}
 
 
 if __name__ == "__main__":
-    result = run_safely(main, sys.argv[1:])  # out of memory, Ctrl-C, | head: one line each
-    if result is not None and not result["counts"]:
+    try:
+        result = main(sys.argv[1:])
+    except KeyboardInterrupt:  # outside the training loop, which saves first
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    if result and result["wrong"]:
         sys.exit(3)  # the model does not count every number: scripts and CI should notice

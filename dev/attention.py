@@ -1,19 +1,22 @@
 """
 What each attention head looks at, in a model trained by gpt.py.
 
-    python attention.py --prompt=909998,909999,      # the saved out/ckpt.pt writes the next number
-    python gpt.py --mode=attention --prompt=...      # the same
+    python dev/attention.py --prompt=909998,909999,   # out/ckpt.pt writes the next number
+    python dev/attention.py --out_dir=out2 --prompt=41,42,   # any of gpt.py's --key=value
 
-For each character the model writes it shows, per layer and head, how the attention weight of the
-position that predicts it spreads over the context; then the mean weights over every held-out
-number, by the part of the context they fall on.
+It loads the model as `python gpt.py --mode=eval` does and, for each character it writes, shows
+per layer and head where the position that predicts it looks; then the mean weights over every
+held-out number, by the part of the context they fall on.
 """
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
-from data import CountingEval, Tokenizer, encode_prompt, load_data, longest_number
-from settings import fail, run_safely
+import gpt
+from data import CountingEval, Tokenizer, encode_prompt, fail, load_data
 
 SHADES = " .:-=+*#%@"  # attention weight 0 .. 1, in tenths
 PARTS = ("same digit of n", "n's later digits", "n's earlier digits", "comma before n+1",
@@ -22,18 +25,13 @@ PARTS = ("same digit of n", "n's later digits", "n's earlier digits", "comma bef
 
 @torch.no_grad()
 def show_attention(model, cfg, device):
-    """Write the number that follows the prompt, greedily, and for each character it writes
-    show where each head looks from the position that predicts it: one row per layer and head,
-    one shaded character per context character (' ' for none of the weight, '@' for nearly
-    all), the most-attended character named at the end. Then measure it over the held-out
-    check: attention_table."""
-    tok = Tokenizer()
-    idx = encode_prompt(cfg.prompt)[None].to(device)
-    longest = longest_number(cfg.max_num)
+    """Write the number after the prompt, greedily; for each character, one row per layer and
+    head: the weight on each context character, shaded (' ' none, '@' nearly all)."""
+    tok, idx = Tokenizer(), encode_prompt(cfg.prompt)[None].to(device)
+    longest = len(str(cfg.max_num)) + 1  # the longest next number, 99..9 + 1, and its comma
     if idx.size(1) + longest > cfg.block_size:
         fail(f"--prompt={cfg.prompt!r} is too long to show with the number after it in one window "
-             f"of {cfg.block_size} characters; give at most {cfg.block_size - longest - 1} "
-             f"characters")
+             f"of {cfg.block_size} characters; give at most {cfg.block_size - longest - 1}")
     for _ in range(longest):
         weights = []
         logits, _ = model(idx, weights=weights)
@@ -49,26 +47,13 @@ def show_attention(model, cfg, device):
         idx = torch.cat([idx, nxt], dim=1)
         if char == ",":  # the number is written
             break
-    _, _, val_data = load_data(cfg.max_num)
-    held_out = CountingEval(val_data.to(device), cfg.block_size)
-    table, digits, changed = attention_table(model, held_out)
-    print(f"\nMean attention weight of each head while writing the {digits:,} digits of held-out "
-          f"numbers n+1\n(after an n of the same length): copied digits / the {changed:,} that "
-          f"change (the last, and carries)")
-    print(f"{'':8}" + "".join(f"{p:>20}" for p in PARTS))
-    for layer in range(table.size(0)):
-        for head in range(table.size(1)):
-            cells = "".join(f"{a:>13.2f} / {b:.2f}" for a, b in table[layer, head].T.tolist())
-            print(f"L{layer + 1} H{head + 1}  {cells}")
 
 
 @torch.no_grad()
 def attention_table(model, ev, batch_size=256):
-    """Where each head looks while the model writes digit i of n+1 (from the position before
-    it), over every such digit in the windows of `ev` where n and n+1 have the same length: the
-    mean weight on each of PARTS, for the digits copied from n and for those that change (the
-    last one, and any that a carry reaches). Returns (table (n_layer, n_head, 2, len(PARTS)),
-    digits, digits that change)."""
+    """Each head's mean weight on each of PARTS while the model writes a digit of n+1, over the
+    windows of `ev` where n and n+1 are as long: for digits copied from n / those that change
+    (the last, and carries). Returns (table (n_layer, n_head, 2, PARTS), digits, changed)."""
     model.eval()
     commas, dev = ev.commas, ev.padded.device
     total = torch.zeros(model.config.n_layer, model.config.n_head, 2, len(PARTS), device=dev)
@@ -94,8 +79,33 @@ def attention_table(model, ev, batch_size=256):
     return (total / count[:, None]).cpu(), int(count.sum()), int(count[1])
 
 
+def main(argv):
+    if "-h" in argv or "--help" in argv:
+        sys.exit(print(__doc__.strip()))
+    if any(arg.startswith("--mode=") for arg in argv):
+        fail("dev/attention.py loads the saved model as --mode=eval does; drop --mode")
+    cfg, ckpt = gpt.get_config(["--mode=eval", *argv])  # the checkpoint's settings stand
+    device, _ = gpt.get_device(cfg)
+    _, model = gpt.build_model(cfg, ckpt, device)  # the averaged weights, as gpt.py samples
+    show_attention(model, cfg, device)
+    held_out = CountingEval(load_data(cfg.max_num)[2].to(device), cfg.block_size)
+    table, digits, changed = attention_table(model, held_out)
+    print(f"\nMean attention weight of each head while writing the {digits:,} digits of held-out "
+          f"numbers n+1\n(after an n of the same length): copied digits / the {changed:,} that "
+          f"change (the last, and carries)")
+    print(f"{'':8}" + "".join(f"{p:>20}" for p in PARTS))
+    for layer in range(table.size(0)):
+        for head in range(table.size(1)):
+            cells = "".join(f"{a:>13.2f} / {b:.2f}" for a, b in table[layer, head].T.tolist())
+            print(f"L{layer + 1} H{head + 1}  {cells}")
+
+
 if __name__ == "__main__":
-    import gpt  # loads the model as --mode=attention does: the checkpoint, its settings, the device
-    if any(arg.startswith("--mode=") for arg in sys.argv[1:]):
-        fail("attention.py always runs --mode=attention; drop --mode (or run python gpt.py)")
-    run_safely(gpt.main, ["--mode=attention"] + sys.argv[1:])  # Ctrl-C, | head: one line
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # the reader of the output stopped early (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
