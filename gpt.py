@@ -528,10 +528,10 @@ def evaluate(ema, last_loss, iter_num, ms_per_step, progress, splits, checks, cf
     with ctx:
         held_out = checks.held_out(ema)
     progress["eval_time"] += time.perf_counter() - t
+    held = percent(held_out.correct, held_out.total)
     print(f"step {iter_num:5d} | loss train {losses['train']:.4f} val {losses['val']:.4f} | "
-          f"held-out counting {percent(held_out.correct, held_out.total):>8} margin "
-          f"{held_out.margin:5.2f} | {ms_per_step:.1f} ms/step | train "
-          f"{progress['train_time']:.1f}s, eval {time.perf_counter() - t:.1f}s", flush=True)
+          f"held-out {held:>8} margin {held_out.margin:5.2f} | {ms_per_step:.1f} ms/step, eval "
+          f"{time.perf_counter() - t:.1f}s", flush=True)
     if held_out.accuracy == 1 and progress["first_100"] is None:
         progress["first_100"] = iter_num
         print(f"every held-out number counted right after {iter_num} steps, "
