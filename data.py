@@ -2,8 +2,9 @@
 The task shared by bigram.py and gpt.py: the text ",0,1,2,...,999999,", where every digit and
 the comma is a token and every number stands between two commas, the first one included (a
 comma says "a number starts here"); the Tokenizer, the train/val split, get_batch, StepSampler
-(the rare steps far more often than the text has them), CountingEval (the exact counting check)
-and the --key=value settings that both scripts take.
+(the rare steps far more often than the text has them); the exact checks (CountingEval, the
+numbers past the text, greedy counting, and the report a run ends with); and the --key=value
+settings that every script takes.
 """
 import math
 import os
@@ -74,7 +75,7 @@ def get_batch(data, batch_size, block_size, device, generator=None, sampler=None
     if data.is_cuda:  # copied from pinned memory, the starts do not make the CPU wait for the GPU
         ix = ix.pin_memory()
     offsets = torch.arange(block_size, device=data.device)
-    pos = ix.to(data.device, non_blocking=True)[:, None] + offsets                    # (B, T)
+    pos = ix.to(data.device, non_blocking=data.is_cuda)[:, None] + offsets            # (B, T)
     x, y = data[pos].to(device, torch.long), data[pos + 1].to(device, torch.long)  # (B, T) each
     # nothing in the window says what its first whole number is (the number before it is cut
     # off), so its digits, its comma and the part-number before it are not scored: target -1
@@ -210,13 +211,16 @@ class CountingEval:
                 & (number <= self.last[i:i + batch_size, None])
             yield pos, number, scored
 
-    def score(self, model, batch_size, k, streams, wrong, amp, progress):
+    def score(self, model, batch_size, k, streams, wrong, amp, progress, stop):
         """Batches k, k+streams, ... (one thread's share): count each wrong number in wrong[k],
         return each batch's smallest margin. It never waits for the device: what it finds is read
-        at the end. amp: the caller's autocast dtype (None: off): a thread does not inherit it."""
-        margins = []
-        with torch.inference_mode(), torch.autocast("cpu", amp or torch.bfloat16, amp is not None):
+        at the end. amp: the caller's autocast dtype (None: off), which a thread does not inherit;
+        stop: once not empty, stop."""
+        margins, device = [], self.padded.device.type
+        with torch.inference_mode(), torch.autocast(device, amp or torch.bfloat16, amp is not None):
             for pos, number, scored in self.batches(batch_size, k, streams):   # (B, T) each
+                if stop:
+                    break
                 x, y = self.padded[pos].long(), self.padded[pos + 1].long()    # (B, T) each
                 logits = model(x)[0].float()                                   # (B, T, V)
                 # the margin: the right token's logit minus the best wrong one's
@@ -237,16 +241,22 @@ class CountingEval:
         batch_size = batch_size or (128 if cpu else 4096)  # CPU: 32, 64, 256 slower; GPU: more
         threads = torch.get_num_threads()
         streams = threads if cpu else 1
-        amp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        device = self.padded.device.type
+        amp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         wrong = torch.zeros(streams, self.n + 1, dtype=torch.int32, device=self.padded.device)
         shown, was_training = Progress(label), model.training
         model.eval()
         torch.set_num_threads(1 if streams > 1 else threads)
         try:
             with ThreadPoolExecutor(streams) as pool:
-                work = [pool.submit(self.score, model, batch_size, k, streams, wrong, amp, shown)
-                        for k in range(streams)]
-                margins = [m for w in work for m in w.result()]
+                stop = []
+                work = [pool.submit(self.score, model, batch_size, k, streams, wrong, amp, shown,
+                                    stop) for k in range(streams)]
+                try:
+                    margins = [m for w in work for m in w.result()]
+                except KeyboardInterrupt:  # Ctrl-C: the other streams end at their next batch
+                    stop.append(True)
+                    raise
         finally:
             torch.set_num_threads(threads)
         shown(1)
@@ -290,7 +300,6 @@ class SpansEval:
         self.evals = [CountingEval(Tokenizer().encode_tensor("," + counting_text(stop, first))
                                    .to(device), block_size, every_start=True)
                       for first, stop in spans]
-        self.spans = spans
         self.n = 1 + sum(ev.n - 1 for ev in self.evals)  # as CountingEval counts them
 
     def __call__(self, model, label=""):
@@ -475,7 +484,8 @@ def parse_settings(argv, defaults, path):
 
 # (settings, test of each value, what it must be): every script checks the settings it has
 RULES = [(("max_num",), lambda v: v >= 10, "at least 10"),
-         (("n_layer", "n_head", "n_embd", "batch_size", "eval_interval", "eval_iters", "streams"),
+         (("n_layer", "n_head", "n_embd", "batch_size", "eval_interval", "log_interval",
+           "eval_iters", "streams"),
           lambda v: v >= 1, "at least 1"),
          (("max_iters", "warmup_iters", "max_new_tokens", "long_count", "top_k", "min_lr",
            "weight_decay", "grad_clip", "place_shift"), lambda v: v >= 0, "0 or more"),

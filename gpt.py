@@ -1,6 +1,6 @@
 """
-A character-level GPT that learns to count: the model, its training loop, checkpoints, the exact
-checks and generation. The task (the text, the batches, the counting check) is in data.py.
+A character-level GPT that learns to count: the model, its training loop, checkpoints and
+generation. The task (the text, the batches, the exact checks and the report) is in data.py.
 
     python gpt.py                                  # train it to count, then check every number
     python gpt.py --n_layer=4 --learning_rate=1e-3 # any setting below, as --key=value (--help)
@@ -48,11 +48,12 @@ warmup_iters = 100
 weight_decay = 0.5         # strong, to prefer the one rule that counts every number over shortcuts
 ema_decay = 0.99           # evaluate, sample and save a moving average of the weights (0 = raw)
 grad_clip = 1.0            # clip the gradient norm at this (0 = off)
-eval_interval = 250        # evaluate (the loss and the held-out counting check) every this often
+eval_interval = 500        # evaluate (the loss and the held-out counting check) every this often
+log_interval = 250         # between evaluations, a line with the last step's loss every this often
 eval_iters = 20            # batches per loss estimate
 # system
 device = "auto"            # auto = cuda, else mps, else cpu
-dtype = "auto"             # auto = bfloat16 on a GPU that has it, else float32
+dtype = "auto"             # auto = bfloat16 on a CUDA GPU that has it, else float32
 compile = False            # torch.compile the model
 seed = 1337
 out_dir = "out"            # the checkpoint goes to out_dir/ckpt.pt
@@ -69,7 +70,8 @@ streams = 20               # ... in this many streams at once
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items()
             if not k.startswith("_") and type(v) in (int, float, bool, str)}
-OWN_KEYS = ("mode", "init_from", "out_dir", "device", "dtype", "compile")  # never a checkpoint's
+WHERE_KEYS = ("out_dir", "device", "dtype", "compile")  # where and how to run: never a checkpoint's
+OWN_KEYS = ("mode", "init_from", *WHERE_KEYS)
 
 
 # ------------------------------------------------------------------------------------------
@@ -302,12 +304,12 @@ class GPT(nn.Module):
 
 def configure_optimizer(model, cfg, device_type):
     """AdamW, decaying matrices and embeddings only (not biases or LayerNorm gains), each update
-    on all weights at once: fused on CUDA, foreach elsewhere (a CPU step 7% faster, same bits)."""
+    on all weights at once: fused on CUDA, foreach on a CPU (7% faster a step there, same bits)."""
     params = list(model.parameters())
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99),
-                             fused=device_type == "cuda", foreach=device_type != "cuda")
+                             fused=device_type == "cuda", foreach=device_type == "cpu" or None)
 
 
 def get_lr(it, cfg):
@@ -406,8 +408,7 @@ def build_model(cfg, ckpt, device):
 # Training
 
 def get_device(cfg):
-    """The device (CUDA, else MPS, else the CPU) and the context its matmuls run in: autocast to
-    bfloat16 (a GPU's default where it has it), the weights and optimizer staying float32."""
+    """The device (CUDA, else MPS, else the CPU) and the context its matmuls run in."""
     device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() \
         else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
@@ -417,7 +418,7 @@ def get_device(cfg):
     if device_type == "cuda":
         torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 for float32 matmuls (Ampere+)
     if cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device_type == "cuda" \
-            and torch.cuda.is_bf16_supported(including_emulation=False):
+            and torch.cuda.is_bf16_supported(including_emulation=False):  # weights stay float32
         return device, torch.autocast(device_type, dtype=torch.bfloat16)
     return device, nullcontext()
 
@@ -451,11 +452,12 @@ def main(argv):
 
 def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx):
     """The training loop, from step 0 or the checkpoint's, to max_iters; then the report. Ctrl-C,
-    SIGTERM (kill) and SIGHUP (a closed terminal) finish the step, save and stop; twice: at once."""
+    SIGTERM (kill) and SIGHUP (a closed terminal) finish the step, save and stop."""
     optimizer = configure_optimizer(model, cfg, train_data.device.type)
     iter_num, progress = 0, {"train_time": 0.0, "eval_time": 0.0, "first_100": None}
     if ckpt is not None:  # go on where it left off: the optimizer's state, the random stream
         optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # as given now, if given
         torch.set_rng_state(ckpt["rng"])
         iter_num, progress = ckpt["iter_num"], ckpt["progress"]
         print(f"resuming from {cfg.out_dir} at step {iter_num}")
@@ -463,28 +465,28 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx):
     params, ema_params = list(model.parameters()), list(ema.parameters())
     splits = {"train": train_data, "val": val_data}
     signals = [getattr(signal, s) for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
-    stop_signal = []
+    stop_signal = []  # the signals heard, which the loop answers after its step: save and stop
+    previous = {s: signal.signal(s, lambda signum, frame: stop_signal.append(signum))
+                for s in signals}
 
-    def on_signal(signum, frame):
-        stop_signal.append(signum)
-        for s in signals:
-            signal.signal(s, previous[s])
-    previous = {s: signal.signal(s, on_signal) for s in signals}
-
-    last_loss = torch.zeros(())  # the last step's loss, read at evaluations only (a GPU runs on)
-    t0, t0_iter = time.perf_counter(), iter_num  # the clock of the steps since the last eval
+    last_loss = torch.zeros(())  # the last step's loss, read only now and then: a GPU runs ahead
+    t0, t0_iter, r = time.perf_counter(), iter_num, {}  # since the last evaluation; its results
     while True:
         # once in a while, at the end and when asked to stop: evaluate, then save
-        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or stop_signal:
+        if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or stop_signal:
             if train_data.is_cuda:
                 torch.cuda.synchronize()  # the GPU's work is queued: wait for it, then time it
             progress["train_time"] += time.perf_counter() - t0
             if not stop_signal:
                 ms_per_step = 1000 * (time.perf_counter() - t0) / max(iter_num - t0_iter, 1)
-                r = evaluate(ema, last_loss, iter_num, ms_per_step, progress, splits, checks, cfg,
-                             ctx)
+                r = evaluate(ema, iter_num, ms_per_step, progress, splits, checks, cfg, ctx)
+            if r is None or not math.isfinite(last_loss.item()):  # keep the last finite weights
+                fail("the loss is no longer finite: training diverged, and the checkpoint keeps "
+                     "the last finite weights; lower --learning_rate or raise --warmup_iters", 1)
             save_checkpoint(cfg, model, ema, optimizer, iter_num, progress)
             t0, t0_iter = time.perf_counter(), iter_num
+        elif iter_num % cfg.log_interval == 0:  # a line between evaluations (a GPU waits for it)
+            print(f"step {iter_num:5d} | loss {last_loss.item():.4f} on the last step's batch")
         if stop_signal or iter_num >= cfg.max_iters:
             break
 
@@ -498,7 +500,7 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         with torch.no_grad():  # the moving average e = decay * e + (1 - decay) * p, in one call
             torch._foreach_lerp_(ema_params, params, 1.0 - cfg.ema_decay)
@@ -508,7 +510,7 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx):
     for s in signals:
         signal.signal(s, previous[s])
     if stop_signal:  # the checkpoint holds every setting but where and how to run
-        where = [f"--{k}={getattr(cfg, k)}" for k in OWN_KEYS[2:] if getattr(cfg, k) != DEFAULTS[k]]
+        where = [f"--{k}={getattr(cfg, k)}" for k in WHERE_KEYS if getattr(cfg, k) != DEFAULTS[k]]
         print(f"interrupted at step {iter_num}, saved in {cfg.out_dir}; resume with: "
               f"{shlex.join(['python', 'gpt.py', '--init_from=resume', *where])}", file=sys.stderr)
         sys.exit(128 + stop_signal[0])
@@ -517,14 +519,13 @@ def train(model, ema, ckpt, train_data, val_data, sampler, checks, cfg, ctx):
     return {"iters": iter_num, **progress, "wrong": report(ema, checks, r, cfg, ctx)}
 
 
-def evaluate(ema, last_loss, iter_num, ms_per_step, progress, splits, checks, cfg, ctx):
-    """The loss of the averaged weights on both splits, and every held-out number, on one line. A
-    loss that is not finite stops the run before it saves: the checkpoint keeps the last finite."""
+def evaluate(ema, iter_num, ms_per_step, progress, splits, checks, cfg, ctx):
+    """The loss of the averaged weights on both splits, and every held-out number, on one line;
+    None if a loss is not finite."""
     t = time.perf_counter()
     losses = estimate_loss(ema, splits, cfg, ctx)
-    if not all(math.isfinite(v) for v in [last_loss.item(), *losses.values()]):
-        fail("the loss is no longer finite: training diverged, and the checkpoint keeps the "
-             "last finite weights; lower --learning_rate or raise --warmup_iters", code=1)
+    if not all(math.isfinite(v) for v in losses.values()):
+        return None
     with ctx:
         held_out = checks.held_out(ema)
     progress["eval_time"] += time.perf_counter() - t

@@ -82,7 +82,8 @@ def load_model(out_dir):
 
 def eval_lines(out):
     """The evaluation lines' losses and held-out score: 'loss train X val Y | held-out ...'."""
-    return [line.split("|")[1:3] for line in out.splitlines() if line.startswith("step")]
+    return [line.split("|")[1:3] for line in out.splitlines()
+            if line.startswith("step") and "held-out" in line]
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def step_ms(model, ema, cfg, train_data, sampler, ctx, steps):
             _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1.0 - cfg.ema_decay)
@@ -245,7 +245,9 @@ def run_sweep(cfg):
     """Seeds 1..sweep_seeds on each path, each `python gpt.py` in a fresh process trained to
     max_iters and checked in full, as many at once as there are cores: a line per run as it
     ends, then a row per path, as in README.md's table."""
-    base = TINY + ["--full_check=True"] if cfg.sweep_tiny else ["--max_new_tokens=0"]
+    # evaluated every 250 steps (the default: 500), to see when held-out is first all right
+    base = TINY + ["--full_check=True"] if cfg.sweep_tiny else ["--max_new_tokens=0",
+                                                                "--eval_interval=250"]
     jobs = []
     for i, (path, env, args) in enumerate(PATHS):
         for seed in range(1, cfg.sweep_seeds + 1):
