@@ -441,8 +441,7 @@ def report(model, checks, r, cfg, ctx):
         print(f"error: the model does not count every number ({', '.join(wrong)} wrong; margin "
               f"{margins}); try another --seed or a longer run (--max_iters)", file=sys.stderr)
     else:
-        print(f"it counts: every check right, margin {margins} (the right token's logit over "
-              f"the best wrong one's, at the closest call)")
+        print(f"it counts: every check right, margin {margins}")
     return wrong
 
 
