@@ -439,8 +439,10 @@ def test_loss_decreases(tmp_path, capsys, no_report):
     """Measured over seeds and two kernels: 2.37-2.44 -> 0.527-0.534 (the floor that label
     smoothing sets is 0.514; the bigram's best 2.26)."""
     gpt.main(tiny("--max_iters=300", "--eval_interval=300", f"--out_dir={tmp_path}", base=SMALL))
-    losses = [float(a.split()[2]) for a, _ in eval_lines(capsys.readouterr().out)]
+    out = capsys.readouterr().out
+    losses = [float(a.split()[2]) for a, _ in eval_lines(out)]
     assert losses[0] > 2.3 and losses[-1] < 0.6, losses
+    assert "\nstep   250 | loss " in out  # between evaluations, a line every log_interval steps
 
 
 def test_averaged_weights_are_leaves_that_do_not_require_grad(tmp_path, no_report):
@@ -647,6 +649,9 @@ def test_training_never_replaces_a_model_unasked(tmp_path, capsys, no_report):
     refused(tiny(f"--out_dir={tmp_path}", "--max_iters=0", base=SMALL), "holds a trained model",
             capsys)
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == 20
+    # resumed with a --max_iters behind its step: nothing to train, the report, no traceback
+    gpt.main([f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=10"])
+    assert "stopped at step 20" in capsys.readouterr().out
     gpt.main(tiny(f"--out_dir={tmp_path}", "--max_iters=0", "--init_from=scratch", base=SMALL))
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["iter_num"] == 0
 
@@ -711,13 +716,21 @@ def test_sigterm_saves_a_second_run_ends_cleanly_and_the_resume_command_works(tm
     one_line_error(r.returncode, r.stderr, "the model does not count every number (held-out", 3)
 
 
+@pytest.mark.parametrize("interrupted", [False, True])
 def test_a_loss_that_is_not_finite_stops_and_keeps_the_last_finite_checkpoint(
-        tmp_path, monkeypatch, capsys):
-    real_ce = gpt.F.cross_entropy
+        interrupted, tmp_path, monkeypatch, capsys):
+    """Also when Ctrl-C comes after the loss went bad: the save it asks for is not made."""
+    real_ce, real_get_batch, steps = gpt.F.cross_entropy, gpt.get_batch, iter(range(1, 10**6))
 
     def nan_in_training(*a, **k):  # the loss estimate (no gradients) stays finite
         return real_ce(*a, **k) * (float("nan") if torch.is_grad_enabled() else 1.0)
+
+    def ctrl_c_in_step_5(*a, **k):
+        if interrupted and "sampler" in k and next(steps) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_get_batch(*a, **k)
     monkeypatch.setattr(gpt.F, "cross_entropy", nan_in_training)
+    monkeypatch.setattr(gpt, "get_batch", ctrl_c_in_step_5)
     refused(tiny("--max_iters=40", "--eval_interval=20", f"--out_dir={tmp_path}", base=SMALL),
             "the loss is no longer finite", capsys, exit_code=1)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
