@@ -597,7 +597,8 @@ def test_a_bad_checkpoint_is_one_line_and_none_of_its_code_runs(bad, saved, tmp_
     with pytest.raises(SystemExit) as e:
         gpt.main(["--mode=sample", f"--out_dir={tmp_path}"] + [bad] * bad.startswith("--"))
     out, err = capsys.readouterr()
-    message = "has n_embd=48; drop --n_embd" if bad == "--n_embd=64" else f"cannot read a checkpoint at {path}"
+    message = ("has n_embd=48; drop --n_embd" if bad == "--n_embd=64"
+               else f"cannot read a checkpoint at {path}")
     one_line_error(e.value.code, err, message)
     assert "code ran" not in out
 
