@@ -414,12 +414,13 @@ def report(model, checks, r, cfg, ctx):
     work. Returns the names of the checks of the text that went wrong."""
     for name, check in (("held-out", checks.held_out), ("whole text", checks.whole_text),
                         ("beyond the text", checks.beyond), ("stretch", checks.stretch)):
-        t = time.perf_counter()
+        t, took = time.perf_counter(), ""
         if check is not None and name not in r:
             with ctx:
                 r[name] = check(model, label=name)  # a long one shows its progress
+            took = f" ({time.perf_counter() - t:.1f}s)"
         if name in r:
-            print(f"{name} ({time.perf_counter() - t:.1f}s): {r[name].summary()}")
+            print(f"{name}{took}: {r[name].summary()}")
     r["from 0"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]
     print(f"counting from 0, to {checks.from_zero[-1]}: {r['from 0'] or 'no error'}")
     if checks.long:
