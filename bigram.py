@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import CountingEval, check_settings, fail, get_batch, load_data, parse_settings
+from data import (CountingEval, check_settings, fail, get_batch, load_data, parse_settings,
+                  pick_device)
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -69,12 +70,7 @@ def estimate_loss(model, splits, cfg, dev):
 def main(argv):
     cfg, _ = parse_settings(argv, DEFAULTS, __file__)
     check_settings(cfg, DEFAULTS)  # data.RULES, for the settings bigram.py has
-    dev = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() \
-        else "mps" if torch.backends.mps.is_available() else "cpu"
-    try:
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError) as e:
-        fail(f"--device={cfg.device} is not on this machine ({type(e).__name__}); try auto")
+    dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     tok, train_data, val_data = load_data(cfg.max_num)

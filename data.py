@@ -300,7 +300,6 @@ class SpansEval:
         self.evals = [CountingEval(Tokenizer().encode_tensor("," + counting_text(stop, first))
                                    .to(device), block_size, every_start=True)
                       for first, stop in spans]
-        self.n = 1 + sum(ev.n - 1 for ev in self.evals)  # as CountingEval counts them
 
     def __call__(self, model, label=""):
         rs = [ev(model, label=label) for ev in self.evals]
@@ -498,6 +497,17 @@ RULES = [(("max_num",), lambda v: v >= 10, "at least 10"),
          (("mode",), lambda v: v in ("train", "sample", "eval"), "train, sample or eval"),
          (("init_from",), lambda v: v in ("scratch", "resume"), "scratch or resume"),
          (("dtype",), lambda v: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16")]
+
+
+def pick_device(name):
+    """auto: CUDA if present, else Apple's MPS, else the CPU; a named device must be there."""
+    device = name if name != "auto" else "cuda" if torch.cuda.is_available() \
+        else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        fail(f"--device={name} is not on this machine ({type(e).__name__}); try auto")
+    return device
 
 
 def check_settings(s, defaults):

@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from data import (Checks, StepSampler, check_settings, fail, get_batch, load_data, parse_settings,
-                  percent, report, sample)
+                  percent, pick_device, report, sample)
 
 # -----------------------------------------------------------------------------
 # default settings; each can be overridden on the command line as --key=value
@@ -362,10 +362,10 @@ def get_config(argv):
         own = OWN_KEYS + (("prompt", "max_new_tokens", "temperature", "top_k")
                           if cfg.mode != "train" else ())
         vars(cfg).update({k: v for k, v in saved.items() if k not in given and k not in own})
+        check_settings(cfg, DEFAULTS)
     elif "init_from" not in given and os.path.exists(path):  # never replace a model unasked
         fail(f"{path} holds a trained model; go on training it with --init_from=resume, "
              f"replace it with --init_from=scratch, or pick another --out_dir")
-    check_settings(cfg, DEFAULTS)
     return cfg, ckpt
 
 
@@ -409,12 +409,8 @@ def build_model(cfg, ckpt, device):
 
 def get_device(cfg):
     """The device (CUDA, else MPS, else the CPU) and the context its matmuls run in."""
-    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() \
-        else "mps" if torch.backends.mps.is_available() else "cpu"
-    try:
-        device_type = torch.empty(0, device=device).device.type
-    except (RuntimeError, AssertionError) as e:
-        fail(f"--device={cfg.device} is not on this machine ({type(e).__name__}); try auto")
+    device = pick_device(cfg.device)
+    device_type = torch.device(device).type
     if device_type == "cuda":
         torch.backends.cuda.matmul.fp32_precision = "tf32"  # TF32 for float32 matmuls (Ampere+)
     if cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device_type == "cuda" \
