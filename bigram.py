@@ -98,9 +98,9 @@ def main(argv):
     print(f"trained {cfg.max_iters} steps in {time.perf_counter() - t0:.1f}s")
 
     # what one character tells: the learned distribution of the character after ','
-    probs = F.softmax(model.token_embedding_table.weight[tok.encode(",")[0]], dim=-1)
+    probs = F.softmax(model.token_embedding_table.weight[int(tok.encode(",")[0])], dim=-1)
     print("after ',': " + "  ".join(f"{ch!r} {p:.3f}" for ch, p in zip(tok.vocab, probs.tolist())))
-    idx = torch.tensor([tok.encode(",0,")], device=dev)  # the text, and every prompt, has a comma
+    idx = tok.encode(",0,")[None].long().to(dev)  # the text, and every prompt, has a comma
     print(f"sample: {tok.decode(model.generate(idx, 60)[0, 1:])!r}")
     # ...and what it does not: the same exact counting check that gpt.py passes
     print(CountingEval(val_data, cfg.block_size)(model).summary())

@@ -1,10 +1,7 @@
 """
-The task shared by bigram.py and gpt.py: the text ",0,1,2,...,999999,", where every digit and
-the comma is a token and every number stands between two commas, the first one included (a
-comma says "a number starts here"); the Tokenizer, the train/val split, get_batch, StepSampler
-(the rare steps far more often than the text has them); the exact checks (CountingEval, the
-numbers past the text, greedy counting, and the report a run ends with); and the --key=value
-settings that every script takes.
+The task shared by bigram.py and gpt.py: the text ",0,1,2,...,999999,", each digit and comma a
+token, each number between two commas; the Tokenizer, the train/val split, get_batch and
+StepSampler; the exact checks and the report a run ends with; the --key=value settings.
 """
 import math
 import os
@@ -26,25 +23,19 @@ def counting_text(stop, start=0):
 
 
 class Tokenizer:
-    """Characters <-> token ids, stored as uint8 (11 symbols fit a byte). Encoding maps each byte
-    through a 256-entry table in C (bytes.translate): a million numbers in a fraction of a
-    second."""
+    """Characters <-> token ids."""
 
     def __init__(self, vocab=VOCAB):
         self.vocab, self.vocab_size = vocab, len(vocab)
         self.table = bytes(vocab.find(chr(b)) % 256 for b in range(256))  # 255: not in vocab
 
-    def encode_tensor(self, string):
-        """str -> 1-D uint8 tensor of token ids; ValueError on a character not in the vocab."""
+    def encode(self, string):
+        """str -> 1-D tensor of token ids, as bytes (11 symbols fit one), each mapped in C by a
+        256-entry table (bytes.translate): a million numbers in a fraction of a second."""
         ids = bytearray(string.encode("ascii", errors="replace").translate(self.table))
         if 255 in ids:
-            raise ValueError(f"character {string[ids.index(255)]!r} is not in the vocabulary "
-                             f"{self.vocab!r}")
+            raise ValueError(f"{string[ids.index(255)]!r} is not in the vocabulary {self.vocab!r}")
         return torch.frombuffer(ids, dtype=torch.uint8) if ids else torch.zeros(0).byte()
-
-    def encode(self, string):
-        """str -> list[int]"""
-        return self.encode_tensor(string).tolist()
 
     def decode(self, ids):
         """list[int] or tensor of ids -> str"""
@@ -56,24 +47,20 @@ def load_data(max_num=1_000_000, val_frac=0.1):
     of the characters is validation. Returns (tokenizer, train_data, val_data)."""
     tok = Tokenizer()
     # a million numbers at a time: one Python string of ten million numbers takes GBs
-    data = torch.cat([tok.encode_tensor(",")]
-                     + [tok.encode_tensor(counting_text(min(lo + 10**6, max_num), lo))
+    data = torch.cat([tok.encode(",")]
+                     + [tok.encode(counting_text(min(lo + 10**6, max_num), lo))
                         for lo in range(0, max_num, 10**6)])
     n_val = int(len(data) * val_frac)
     return tok, data[:-n_val], data[-n_val:]
 
 
 def get_batch(data, batch_size, block_size, device, generator=None, sampler=None):
-    """Random windows: x is block_size tokens, y the same window shifted by one, so y[b, t] is
-    the token after x[b, :t+1], or -1 where it is not scored. Windows start uniformly at random,
-    or where `sampler` (a StepSampler) puts them; the starts are drawn on the CPU, so a seed
+    """Random windows: x is block_size tokens, y the token after each (-1: not scored). They start
+    uniformly at random, or where `sampler` (a StepSampler) puts them, drawn on the CPU: a seed
     gives the same batches on every device."""
-    if sampler is None:
-        ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    else:
-        ix = sampler(batch_size, generator)
-    if data.is_cuda:  # copied from pinned memory, the starts do not make the CPU wait for the GPU
-        ix = ix.pin_memory()
+    ix = (sampler(batch_size, generator) if sampler is not None
+          else torch.randint(len(data) - block_size, (batch_size,), generator=generator))
+    ix = ix.pin_memory() if data.is_cuda else ix  # from pinned memory the CPU need not wait
     offsets = torch.arange(block_size, device=data.device)
     pos = ix.to(data.device, non_blocking=data.is_cuda)[:, None] + offsets            # (B, T)
     x, y = data[pos].to(device, torch.long), data[pos + 1].to(device, torch.long)  # (B, T) each
@@ -84,15 +71,13 @@ def get_batch(data, batch_size, block_size, device, generator=None, sampler=None
 
 
 def encode_prompt(text):
-    """A prompt is the start of a count, read as the text is read: after a comma, which tells
-    the model that a number begins with the prompt's first digit. (1-D tensor of token ids.)"""
-    return torch.tensor(Tokenizer().encode("," + text.removeprefix(",")))
+    """A prompt as the text has it, after a comma that says a number begins: 1-D token ids."""
+    return Tokenizer().encode("," + text.removeprefix(",")).long()
 
 
 def trailing(data, ends, length, token):
     """How many times `token` ends each number (of length[i] digits, before comma ends[i])."""
-    count = torch.zeros_like(length)
-    run = torch.ones_like(length, dtype=torch.bool)
+    count, run = torch.zeros_like(length), torch.ones_like(length, dtype=torch.bool)
     for k in range(1, int(length.max()) + 1):
         run &= (k <= length) & (data[ends - k] == token)
         count += run
@@ -100,13 +85,12 @@ def trailing(data, ends, length, token):
 
 
 class StepSampler:
-    """Window starts that show the rare steps n -> n+1 far more often than the text does: 9999 ->
-    10000 comes once per ten thousand numbers, 99 -> 100 once. Each window is centred on a step
-    drawn by its *kind* (n's digits, 9s and trailing 9s, whether n is the first of its length, the
-    trailing 9s of n+1), a kind of c steps with probability proportional to c**alpha (1: the text's
-    own mix, 0: every kind alike; XLM-R balances its languages so, with 0.3). The window shows the
-    comma before n and the first digit of n+1; half of them then move on to the next comma, to
-    begin at a number as a prompt does. The tables live on the CPU, as the random numbers do."""
+    """Window starts that show the rare steps n -> n+1 (9999 -> 10000 comes once in ten thousand)
+    far more often than the text does. Each window shows a step of a *kind* (n's digits, 9s and
+    trailing 9s, whether n is the first of its length, n+1's trailing 9s) drawn with probability
+    proportional to the kind's count**alpha (1: the text's mix, 0: every kind alike; XLM-R
+    balances languages so, with 0.3): the comma before n to n+1's first digit; half then move on
+    to the next comma, to begin at a number as a prompt does."""
 
     def __init__(self, data, block_size, alpha=0.3):
         data = data.cpu()
@@ -138,23 +122,6 @@ class StepSampler:
         return torch.where(snap, at_number, start)
 
 
-class Progress:
-    """A long check says how far it is: one line that updates on a terminal, a line every ten
-    seconds when the output goes to a file or a pipe."""
-
-    def __init__(self, label):
-        self.label, self.t0, self.shown, self.tty = label, time.perf_counter(), 0, os.isatty(1)
-
-    def __call__(self, share):
-        seconds = time.perf_counter() - self.t0
-        if self.label and seconds - self.shown >= (0.5 if self.tty else 10):
-            self.shown = seconds
-            line = f"{self.label}: {share:.0%} ({seconds:.0f}s)"
-            print("\r" + line if self.tty else line, end="" if self.tty else "\n", flush=True)
-        if share == 1 and self.tty and self.shown:
-            print("\r\033[K", end="", flush=True)  # clear the line for the result
-
-
 class CountingEval:
     """Exact counting accuracy: for every number in `data` whose predecessor is whole in it, does
     greedy decoding, given the text before it, write exactly its digits and then ','?
@@ -162,26 +129,18 @@ class CountingEval:
     Greedy decoding gets a number right if and only if at each of its positions the argmax, given
     the *true* text so far, is the true next token (if every pick is right, the text it sees is
     the true text). So one teacher-forced pass scores many numbers at once. Each window starts at
-    the comma before a number p, shows p whole, and scores numbers after p. Two layouts:
-    - tiled (the default): the windows follow one another, each scoring the next `per_window`
-      numbers (3 six-digit numbers in 32 tokens), so every number is scored once;
-    - every_start: a window at every number p, as the prompt `p,` shows it, for block_size tokens,
-      as generation from that prompt sees it before it drops context: p+1, p+2, p+3 and the first
-      digits of p+4 for six digits. A number is right only if every window that writes any of it
-      writes it right; these are all the windows that generation ever shows the model."""
+    the comma before a number p and scores numbers after p. Tiled (the default), the windows
+    follow one another, each scoring the next `per_window` numbers: every number once. With
+    every_start, a window at every p scores the block_size tokens after `p,` (p+1 to p+4 for six
+    digits): all the windows generation ever shows the model; a number is right only if every
+    window that writes it writes it right."""
 
     def __init__(self, data, block_size, every_start=False):
         self.data = data
         self.commas = (data == COMMA).nonzero().squeeze(1)  # number i: commas[i]..commas[i+1]
         self.n = n = len(self.commas) - 1                    # whole numbers in data
-        if n < 2:
-            raise ValueError(f"only {max(n, 0)} whole number(s) in the data: nothing to score")
         self.length = (self.commas[1:] - self.commas[:-1] - 1).cpu()
-        longest = int(self.length.max()) + 1                 # a number and its comma
-        self.per_window = block_size // longest - 1
-        if self.per_window < 1:
-            raise ValueError(f"block_size={block_size} cannot hold 2 numbers of {longest - 1} "
-                             f"digits and their commas; use a larger block_size")
+        self.per_window = block_size // (int(self.length.max()) + 1) - 1  # numbers and commas
         # window w scores numbers first[w] .. last[w]; it starts at the comma before first[w] - 1
         self.first = torch.arange(1, n, 1 if every_start else self.per_window, device=data.device)
         self.ws = self.commas[self.first - 1]
@@ -199,28 +158,20 @@ class CountingEval:
         """Number k of the data, as text."""
         return Tokenizer().decode(self.data[self.commas[k] + 1:self.commas[k + 1]])
 
-    def batches(self, batch_size, first=0, step=1):
-        """The windows, batch_size at a time, batches first, first+step, ...: (pos (B, T) input
-        positions, number (B, T) the number whose digit or comma each target pos+1 is, scored
-        (B, T) whether this window scores that target)."""
-        offsets = torch.arange(self.T, device=self.padded.device)
-        for i in range(first * batch_size, len(self.ws), step * batch_size):
-            pos = self.ws[i:i + batch_size, None] + offsets
-            number = torch.searchsorted(self.commas, pos + 1) - 1
-            scored = (number >= self.first[i:i + batch_size, None]) \
-                & (number <= self.last[i:i + batch_size, None])
-            yield pos, number, scored
-
-    def score(self, model, batch_size, k, streams, wrong, amp, progress, stop):
-        """Batches k, k+streams, ... (one thread's share): count each wrong number in wrong[k],
-        return each batch's smallest margin. It never waits for the device: what it finds is read
-        at the end. amp: the caller's autocast dtype (None: off), which a thread does not inherit;
-        stop: once not empty, stop."""
-        margins, device = [], self.padded.device.type
+    def score(self, model, batch_size, k, streams, wrong, amp, label, stop):
+        """Batches k, k+streams, ... (one thread's share): wrong[j] counts the wrong picks in number
+        j; returns each batch's smallest margin, and never waits for the device. amp: the caller's
+        autocast dtype, which a thread does not inherit; stop: stop once not empty."""
+        margins, offsets = [], torch.arange(self.T, device=self.padded.device)
+        device, t0, shown = self.padded.device.type, time.perf_counter(), 0.0
         with torch.inference_mode(), torch.autocast(device, amp or torch.bfloat16, amp is not None):
-            for pos, number, scored in self.batches(batch_size, k, streams):   # (B, T) each
+            for i in range(k * batch_size, len(self.ws), streams * batch_size):
                 if stop:
                     break
+                pos = self.ws[i:i + batch_size, None] + offsets                 # (B, T) inputs
+                number = torch.searchsorted(self.commas, pos + 1) - 1          # of each target
+                scored = (number >= self.first[i:i + batch_size, None]) \
+                    & (number <= self.last[i:i + batch_size, None])            # (B, T)
                 x, y = self.padded[pos].long(), self.padded[pos + 1].long()    # (B, T) each
                 logits = model(x)[0].float()                                   # (B, T, V)
                 # the margin: the right token's logit minus the best wrong one's
@@ -228,30 +179,28 @@ class CountingEval:
                 best_wrong = logits.scatter(-1, y[..., None], float("-inf")).max(-1).values
                 margins.append((right - best_wrong).masked_fill(~scored, float("inf")).min())
                 bad = scored & (logits.argmax(dim=-1) != y)                    # (B, T)
-                wrong[k].index_add_(0, number.flatten(), bad.flatten().int())  # [number[bad]] += 1
-                if k == 0:
-                    progress(len(margins) * streams * batch_size / len(self.ws))
+                wrong.index_add_(0, number.flatten(), bad.flatten().int())  # [number[bad]] += 1
+                if k == 0 and label and time.perf_counter() - t0 - shown >= 10:  # never silent
+                    shown = time.perf_counter() - t0
+                    print(f"{label}: {i / len(self.ws):.0%} ({shown:.0f}s)", flush=True)
         return margins
 
-    def __call__(self, model, batch_size=0, max_failures=5, label=""):
-        """Score every number; model(x) must return (logits (B, T, V), loss). label: show progress
-        under this name. On a CPU, up to 4 streams of batches, each on its share of the cores: a
-        batch's small operations gain little from being split over cores (2 cores, 2 streams of
-        1 thread each: 1.7x faster than 1 of 2); more streams would wait for Python's lock."""
-        device = self.padded.device.type
+    def __call__(self, model, batch_size=0, label=""):
+        """Score every number; model(x) returns (logits (B, T, V), _). On a CPU, one stream of
+        batches per core (at most 4: more would wait for Python's lock): a batch's small operations
+        gain little from being split over cores (2 streams of 1 thread: 1.7x faster than 1 of 2)."""
+        device, threads = self.padded.device.type, torch.get_num_threads()
         batch_size = batch_size or (128 if device == "cpu" else 4096)  # 32, 64, 256 slower here
-        threads = torch.get_num_threads()
         streams = min(threads, 4) if device == "cpu" else 1
         amp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         wrong = torch.zeros(streams, self.n + 1, dtype=torch.int32, device=self.padded.device)
-        shown, was_training = Progress(label), model.training
+        was_training, stop = model.training, []
         model.eval()
         torch.set_num_threads(threads // streams)
         try:
             with ThreadPoolExecutor(streams) as pool:
-                stop = []
-                work = [pool.submit(self.score, model, batch_size, k, streams, wrong, amp, shown,
-                                    stop) for k in range(streams)]
+                work = [pool.submit(self.score, model, batch_size, k, streams, wrong[k], amp,
+                                    label, stop) for k in range(streams)]
                 try:
                     margins = [m for w in work for m in w.result()]
                 except KeyboardInterrupt:  # Ctrl-C: the other streams end at their next batch
@@ -259,147 +208,55 @@ class CountingEval:
                     raise
         finally:
             torch.set_num_threads(threads)
-        shown(1)
-        wrong = wrong.sum(0)
-        with torch.inference_mode():
-            failures = [self.failure(model, int(k))
-                        for k in wrong[:self.n].nonzero()[:max_failures]]
-        model.train(was_training)
-        return CountingResult(wrong[1:self.n].cpu() == 0, self.carries[1:self.n],
-                              self.length[1:self.n], failures, float(torch.stack(margins).min()))
-
-    def failure(self, model, k):
-        """What the first window that writes number k wrong wrote for it."""
-        start, end = int(self.commas[k]), int(self.commas[k + 1])
-        for ws in self.ws[(self.first <= k) & (self.last >= k)].tolist():  # windows that score k
-            pred = model(self.padded[ws:ws + self.T][None].long())[0][0].argmax(dim=-1)  # (T,)
-            got = pred[start - ws:end - ws].tolist()  # position t predicts token t+1
-            if got != self.data[start + 1:start + 1 + len(got)].tolist():
-                return (f"{Tokenizer().decode(self.data[ws:start + 1])} -> {self.number(k)}, "
-                        f"argmax gave {Tokenizer().decode(got)!r}")
-
-
-def beyond_spans(max_num):
-    """The numbers past a text that ends at max_num-1, as (first, stop) ranges, each counted on its
-    own: from max_num on for a tenth of the next power of ten (1,000,000..1,099,999), begun ten
-    numbers earlier so that windows from the text reach max_num; then a few numbers around every
-    later multiple of that tenth (1,100,000, ..., 9,900,000): carries into the top digits. And
-    the stretch: the step to one digit longer still (9,999,999 -> 10,000,000)."""
-    unit = 10 ** len(str(max_num - 1))  # the first number one digit longer than the text's
-    tenth = max(unit // 10, 1)
-    spans = [(max(max_num - 10, 0), max_num + tenth)]
-    first = -(-(max_num + tenth) // tenth) * tenth
-    spans += [(c - 3, c + 3) for c in range(first, 10 * unit, tenth)]
-    return spans, (10 * unit - 3, 10 * unit + 3)
-
-
-class SpansEval:
-    """CountingEval from every start over several counts (numbers the model never saw), as one."""
-
-    def __init__(self, spans, block_size, device="cpu"):
-        self.evals = [CountingEval(Tokenizer().encode_tensor("," + counting_text(stop, first))
-                                   .to(device), block_size, every_start=True)
-                      for first, stop in spans]
-
-    def __call__(self, model, label=""):
-        rs = [ev(model, label=label) for ev in self.evals]
-        ok, carries, length = (torch.cat([getattr(r, k) for r in rs])
-                               for k in ("ok", "carries", "length"))
-        return CountingResult(ok, carries, length, [f for r in rs for f in r.failures],
-                              min(r.margin for r in rs))
+            model.train(was_training)
+        wrong = wrong.sum(0)[:self.n].cpu()
+        failures = [f"{self.number(k - 1)} -> {self.number(k)}" for k in wrong.nonzero()[:5, 0]]
+        return CountingResult(wrong[1:] == 0, self.carries[1:self.n], self.length[1:self.n],
+                              failures, float(torch.stack(margins).min()))
 
 
 def percent(correct, total, decimals=3):
-    """correct/total as a percentage that reads 100% only when nothing is wrong (999,997 of
-    999,999 prints 99.999%, not the 100.000% that rounding gives)."""
+    """correct/total in percent, 100% only when nothing is wrong (not 999,997 of 999,999)."""
     p = 100 * correct / total
-    if correct < total:
-        p = min(p, 100 - 10 ** -decimals)
-    return f"{p:.{decimals}f}%"
+    return f"{min(p, 100 - 10 ** -decimals) if correct < total else p:.{decimals}f}%"
 
 
 class CountingResult:
-    """Accuracy overall, per carry class (trailing zeros of the number) and per digit length, of
-    the numbers whose ok (bool) and carries and length (int) are given."""
+    """Which numbers were right (ok), their carries (trailing zeros) and lengths, the first wrong
+    ones, and the margin: the smallest right logit - best wrong one, > 0 when all are right."""
 
     def __init__(self, ok, carries, length, failures, margin):
-        self.ok, self.carries, self.length = ok, carries, length
-        self.failures = [f for f in failures if f][:5]
-        self.margin = margin  # the smallest (right logit - best wrong logit): > 0 when all right
-        self.total, self.correct = len(ok), int(ok.sum())
+        self.ok, self.carries, self.length, self.failures = ok, carries, length, failures[:5]
+        self.margin, self.total, self.correct = margin, len(ok), int(ok.sum())
         self.accuracy = self.correct / self.total
-        self.by_carry, self.by_length = self.by_class(carries, ok), self.by_class(length, ok)
-
-    @staticmethod
-    def by_class(cls, ok):
-        """{class: (right, total)} for each class present."""
-        total = torch.bincount(cls)
-        right = torch.bincount(cls[ok], minlength=len(total))
-        return {c: (int(right[c]), int(total[c])) for c in total.nonzero().squeeze(1).tolist()}
 
     def summary(self):
         lines = [f"counting accuracy {percent(self.correct, self.total)} "
                  f"({self.correct}/{self.total}), margin {self.margin:.2f}"]
-        for name, table in (("carry (trailing zeros)", self.by_carry), ("digits", self.by_length)):
+        for name, cls in (("carry (trailing zeros)", self.carries), ("digits", self.length)):
+            total = torch.bincount(cls).tolist()
+            right = torch.bincount(cls[self.ok], minlength=len(total)).tolist()
             lines.append(f"  by {name}: " + ", ".join(f"{k}: {percent(c, t, 2)} of {t}"
-                                                      for k, (c, t) in sorted(table.items())))
+                                                      for k, (c, t) in enumerate(zip(right, total))
+                                                      if t))
         return "\n".join(lines + [f"  wrong: {f}" for f in self.failures])
 
 
-@torch.no_grad()
-def count_on(model, prompts, wanted, ctx):
-    """Greedy counting, one stream per batch row: stream i is prompted with the numbers
-    prompts[i] (all as long) and should write wanted[i]. Returns each stream's first error
-    (None where it is right) and the tokens written per second."""
-    idx = torch.stack([encode_prompt(",".join(p) + ",") for p in prompts])       # (S, T)
-    t = time.perf_counter()
+def count_on(model, starts, shown, count, ctx):
+    """Greedy counting, a stream per start s (one batch): shown the `shown` numbers from s on (all
+    as long), it must write the `count` after them. Returns the first error, or None."""
+    idx = torch.stack([encode_prompt(",".join(map(str, range(s, s + shown))) + ",")
+                       for s in starts]).to(next(model.parameters()).device)     # (S, T)
+    wanted = [[str(n) for n in range(s + shown, s + shown + count)] for s in starts]
     with ctx:
-        out = model.generate(idx.to(next(model.parameters()).device),
-                             max(len(",".join(w)) + 1 for w in wanted), temperature=0.0)
-    out = out[:, idx.size(1):].cpu()  # waits for the device
-    tokens_per_s = out.numel() / (time.perf_counter() - t)
-    errors = []
-    for row, w in zip(out, wanted):
+        out = model.generate(idx, max(len(",".join(w)) + 1 for w in wanted), temperature=0.0)
+    for row, w in zip(out[:, idx.size(1):], wanted):
         got = Tokenizer().decode(row).split(",")
         i = next((i for i, n in enumerate(w) if got[i] != n), None)
-        errors.append(None if i is None else f"number #{i + 1} should be {w[i]}, got {got[i]!r}")
-    return errors, tokens_per_s
+        if i is not None:
+            return f"number #{i + 1} from {w[0]} on should be {w[i]}, got {got[i]!r}"
 
 
-class Checks:
-    """The exact checks of one model: every held-out number (after the text before it in its
-    window); the whole text from every start, as each prompt `k,` shows it; beyond the text,
-    numbers past max_num-1 that the model never saw, and 9,999,999 -> 10,000,000 (stretch); the
-    count from "0," to 1,000; and the long count, greedy streams far past the window, from
-    held-out numbers and from the end of the text on past it."""
-
-    def __init__(self, train_data, val_data, cfg):
-        if len(val_data) < cfg.block_size + 2:
-            fail(f"--max_num={cfg.max_num} is too small for a validation window; raise --max_num")
-        self.held_out = ev = CountingEval(val_data, cfg.block_size)
-        self.whole_text = self.beyond = self.stretch = None
-        spans, stretch = beyond_spans(cfg.max_num)
-        if cfg.full_check:
-            self.whole_text = CountingEval(torch.cat([train_data, val_data]), cfg.block_size,
-                                           every_start=True)
-            if cfg.block_size >= 2 * len(str(stretch[1])) + 2:  # 10,000,000 and one more fit
-                self.beyond = SpansEval(spans, cfg.block_size, val_data.device)
-                self.stretch = SpansEval([stretch], cfg.block_size, val_data.device)
-        self.from_zero = [str(n) for n in range(1, min(1000, cfg.max_num - 1) + 1)]
-        # each stream: 3 numbers to prompt it, then per_stream to write; from held-out numbers of
-        # the longest length, so that the prompts are as long (one batch)
-        first = int((ev.length == ev.length.max()).nonzero()[0])
-        per_stream = min(cfg.long_count // cfg.streams, ev.n - first - 3)
-        room = ev.n - first - 3 - per_stream
-        numbers = Tokenizer().decode(val_data).split(",")[1 + first:]  # numbers first, ...
-        starts = [i * room // max(cfg.streams - 1, 1) for i in range(cfg.streams)]
-        self.long = [(numbers[s:s + 3], numbers[s + 3:s + 3 + per_stream]) for s in starts
-                     if per_stream > 0]
-        m = cfg.max_num  # and one stream from the end of the text on past it
-        self.past = ([str(n) for n in range(m - 3, m)], [str(n) for n in range(m, m + per_stream)])
-
-
-@torch.no_grad()
 def sample(model, cfg, ctx):
     """Go on from --prompt, as --temperature and --top_k say: the text, with the prompt."""
     idx = encode_prompt(cfg.prompt)[None].to(next(model.parameters()).device)
@@ -408,35 +265,36 @@ def sample(model, cfg, ctx):
                                                  cfg.top_k)[0])
 
 
-def report(model, checks, r, cfg, ctx):
-    """Every check on the final weights (the last evaluation's results stand), then the model at
-    work. Returns the names of the checks of the text that went wrong."""
-    for name, check in (("held-out", checks.held_out), ("whole text", checks.whole_text),
-                        ("beyond the text", checks.beyond), ("stretch", checks.stretch)):
+def report(model, r, held_out, train_data, val_data, cfg, ctx):
+    """Every check of the final weights (r: the last evaluation's, which stand): held-out, the
+    whole text from every start, the count from "0," and the long count, greedy streams far past
+    the window; then a sample. Returns the names of the checks that went wrong."""
+    checks = {"held-out": held_out}
+    if cfg.full_check:
+        checks["whole text"] = CountingEval(torch.cat([train_data, val_data]), cfg.block_size,
+                                            every_start=True)
+    for name, check in checks.items():
         t, took = time.perf_counter(), ""
-        if check is not None and name not in r:
+        if name not in r:
             with ctx:
                 r[name] = check(model, label=name)  # a long one shows its progress
             took = f" ({time.perf_counter() - t:.1f}s)"
-        if name in r:
-            print(f"{name}{took}: {r[name].summary()}")
-    r["from 0"] = count_on(model, [["0"]], [checks.from_zero], ctx)[0][0]
-    print(f"counting from 0, to {checks.from_zero[-1]}: {r['from 0'] or 'no error'}")
-    if checks.long:
-        errors, tokens_per_s = count_on(model, *zip(*checks.long), ctx)
-        r["long count"] = next((e for e in errors if e), None)
-        print(f"long count: {len(errors)} streams of {len(checks.long[0][1]):,} numbers on from "
-              f"held-out numbers: {r['long count'] or 'no error'} ({tokens_per_s:,.0f} tokens/s)")
-    if checks.long and checks.beyond:
-        error = count_on(model, [checks.past[0]], [checks.past[1]], ctx)[0][0]
-        print(f"long count past the text, on from {','.join(checks.past[0])},: "
-              f"{error or 'no error'}")
+        print(f"{name}{took}: {r[name].summary()}")
+    r["from 0"] = count_on(model, [0], 1, min(1000, cfg.max_num - 1), ctx)
+    print(f"counting from 0, to {min(1000, cfg.max_num - 1)}: {r['from 0'] or 'no error'}")
+    # streams from held-out numbers of the text's longest length (as long: one batch), spread out
+    m, first = cfg.max_num, max(cfg.max_num - held_out.n, 10 ** (len(str(cfg.max_num - 1)) - 1))
+    per_stream = min(cfg.long_count // cfg.streams, m - first - 3)
+    if per_stream > 0:
+        starts = [first + i * (m - first - 3 - per_stream) // max(cfg.streams - 1, 1)
+                  for i in range(cfg.streams)]
+        r["long count"] = count_on(model, starts, 3, per_stream, ctx)
+        print(f"long count: {cfg.streams} streams of {per_stream:,} numbers on from held-out "
+              f"numbers: {r['long count'] or 'no error'}")
     print(f"prompt {cfg.prompt!r} -> {sample(model, cfg, ctx)[1:]!r}")
-    # the verdict is on the numbers of the text: what lies beyond it is measured, not promised
-    wrong = [name for name in ("held-out", "whole text") if name in r and r[name].accuracy < 1]
-    wrong += [name for name in ("from 0", "long count") if r.get(name)]
-    margins = ", ".join(f"{name} {r[name].margin:.2f}" for name in ("held-out", "whole text")
-                        if name in r)
+    wrong = [k for k in checks if r[k].accuracy < 1] + [k for k in ("from 0", "long count")
+                                                        if r.get(k)]
+    margins = ", ".join(f"{k} {r[k].margin:.2f}" for k in checks)
     if wrong:
         print(f"error: the model does not count every number ({', '.join(wrong)} wrong; margin "
               f"{margins}); try another --seed or a longer run (--max_iters)", file=sys.stderr)
@@ -445,9 +303,7 @@ def report(model, checks, r, cfg, ctx):
     return wrong
 
 
-# -----------------------------------------------------------------------------
-# settings: each script keeps its defaults as plain variables at its top, between two '# ----'
-# lines; --key=value on the command line overrides one, converted to the default's type
+# Settings: each script's defaults are plain variables at its top, between two '# ----' lines ----
 
 def fail(message, code=2):
     """One line that names the problem and the fix, and the exit code (2: bad input)."""
@@ -456,9 +312,8 @@ def fail(message, code=2):
 
 
 def parse_settings(argv, defaults, path):
-    """defaults with argv's --key=value overrides, each converted to its default's type. Returns
-    the settings (read as s.n_layer) and the set of keys given. --help prints the settings block
-    of the script at `path`."""
+    """defaults with argv's --key=value overrides, as the defaults' types: the settings (s.n_layer)
+    and the keys given. --help prints the settings block of the script at `path`."""
     if "-h" in argv or "--help" in argv:
         block = open(path).read().split("\n# ----")[1].split("\n", 1)[1]
         print(f"usage: python {os.path.basename(path)} [--key=value ...]\n\n{block}")
@@ -483,14 +338,13 @@ def parse_settings(argv, defaults, path):
 
 # (settings, test of each value, what it must be): every script checks the settings it has
 RULES = [(("max_num",), lambda v: v >= 10, "at least 10"),
-         (("n_layer", "n_head", "n_embd", "batch_size", "eval_interval", "log_interval",
-           "eval_iters", "streams"),
+         (("n_layer", "n_head", "n_embd", "batch_size", "eval_interval", "eval_iters", "streams"),
           lambda v: v >= 1, "at least 1"),
          (("max_iters", "warmup_iters", "max_new_tokens", "long_count", "top_k", "min_lr",
            "weight_decay", "grad_clip", "place_shift"), lambda v: v >= 0, "0 or more"),
-         (("seed",), lambda v: 0 <= v < 2**63, "from 0 to 2**63-1"),
          (("dropout", "place_dropout", "label_smoothing", "ema_decay"), lambda v: 0 <= v < 1,
           "in [0, 1)"),
+         (("seed",), lambda v: 0 <= v < 2**63, "from 0 to 2**63-1"),
          (("shift_share", "window_alpha"), lambda v: 0 <= v <= 1, "in [0, 1]"),
          (("learning_rate",), lambda v: 0 < v <= 1, "above 0 and at most 1"),
          (("temperature",), lambda v: v == 0 or v >= 1e-3, "0 (greedy) or at least 0.001"),
@@ -511,8 +365,7 @@ def pick_device(name):
 
 
 def check_settings(s, defaults):
-    """The rules, and what settings must be together: a bad one is one line, exit 2, before any
-    work."""
+    """The rules and what must go together: a bad setting is one line, exit 2, before any work."""
     for keys, ok, must in RULES:
         for key in keys:
             if key in defaults and not ok(getattr(s, key)):

@@ -170,11 +170,11 @@ def speed(cfg):
           f"{whole / positions:.1f}s at that rate")
 
 
-def run_gpt(args, env=None):
-    """`python gpt.py args` in a fresh process, as a user runs it: (seconds, peak resident
-    memory in bytes or None, printout, exit code)."""
+def run_gpt(args, env=None, script="gpt.py"):
+    """`python gpt.py args` (or another script) in a fresh process, as a user runs it: (seconds,
+    peak resident memory in bytes or None, printout, exit code)."""
     t = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "gpt.py", *args], cwd=ROOT, text=True,
+    p = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          env={**os.environ, **(env or {})})
     lines, peak = [], None
@@ -211,16 +211,23 @@ def time_whole_command(cfg):
 
 
 def sweep_run(job):
-    """One run of the sweep on one thread, read back from what it printed."""
+    """One run of the sweep on one thread, then dev/beyond.py on its model, read back from what
+    they printed."""
     path, seed, env, args, out_dir = job
-    _, _, out, code = run_gpt(args, {"OMP_NUM_THREADS": "1", **env})
+    env = {"OMP_NUM_THREADS": "1", **env}
+    _, _, out, code = run_gpt(args, env)
+    if code in (0, 3):  # 3: trained, but does not count every number
+        where = [a for a in args if a.split("=")[0] in ("--out_dir", "--device", "--dtype")]
+        _, _, beyond, beyond_code = run_gpt(where, env, "dev/beyond.py")
+        out += beyond
     with open(os.path.join(out_dir, "printed.txt"), "w") as f:
         f.write(out)
-    if code not in (0, 3):  # 3: trained, but does not count every number
-        sys.exit(f"python gpt.py {' '.join(args)} ({path}) failed:\n{out}")
+    if code not in (0, 3) or beyond_code:
+        script = "gpt.py" if code not in (0, 3) else "dev/beyond.py"
+        sys.exit(f"python {script} {' '.join(args)} ({path}) failed:\n{out}")
     checks = {m[1]: m for m in re.finditer(CHECK.format(
         "(held-out|whole text|beyond the text|stretch)"), out, re.MULTILINE)}
-    first = found(r"^every held-out number counted right after (\d+) steps", out, None)
+    first = found(r"^step +(\d+) \| loss .* \| held-out 100\.000% ", out, None)
     past = found(r"^long count past the text, on from [\d,]+: (.*)$", out)
     return {"path": path, "seed": seed, "counts": code == 0, "first": first and int(first),
             "margin": {k: float(m[5]) for k, m in checks.items()},
