@@ -131,16 +131,16 @@ class CountingEval:
     the true text). So one teacher-forced pass scores many numbers at once. Each window starts at
     the comma before a number p and scores numbers after p. Tiled (the default), the windows
     follow one another, each scoring the next `per_window` numbers: every number once. With
-    every_start, a window at every p scores the block_size tokens after `p,` (p+1 to p+4 for six
-    digits): all the windows generation ever shows the model; a number is right only if every
-    window that writes it writes it right."""
+    every_start, a window at every p scores what follows `p,` to its end (p+1 to p+4, the last in
+    part, for six digits): all the windows generation ever shows the model; a number is right only
+    if every window that writes it writes it right."""
 
     def __init__(self, data, block_size, every_start=False):
         self.data = data
         self.commas = (data == COMMA).nonzero().squeeze(1)  # number i: commas[i]..commas[i+1]
         self.n = n = len(self.commas) - 1                    # whole numbers in data
         self.length = (self.commas[1:] - self.commas[:-1] - 1).cpu()
-        self.per_window = block_size // (int(self.length.max()) + 1) - 1  # numbers and commas
+        self.per_window = block_size // (int(self.length.max()) + 1) - 1  # after the first
         # window w scores numbers first[w] .. last[w]; it starts at the comma before first[w] - 1
         self.first = torch.arange(1, n, 1 if every_start else self.per_window, device=data.device)
         self.ws = self.commas[self.first - 1]

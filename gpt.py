@@ -37,11 +37,11 @@ dropout = 0.0
 place_dropout = 0.5        # share of training windows shown without places from the right
 place_shift = 3            # raise a training window's places by up to this: see shift_places
 shift_share = 0.5          # share of training windows whose places are raised
-label_smoothing = 0.1      # the loss aims at about 0.9, not 1, for the right token: see GPTConfig
+label_smoothing = 0.1      # the loss aims at 0.91, not 1, for the right token: see GPTConfig
 # training
 batch_size = 64
 window_alpha = 0.3         # 1 = uniform windows, as in the tutorial; lower = rare steps more often
-max_iters = 2000           # length of the cosine schedule
+max_iters = 2000           # training steps; the cosine decay ends here
 learning_rate = 3e-3
 min_lr = 0.0               # the cosine decay ends here
 warmup_iters = 100
@@ -113,7 +113,7 @@ def digit_places(idx, comma):
     right, as the number before says (n+1 is as long as n, except after 9, 99, 999, ...):
     2 for the digit that would be the ones, 3 for the tens, and so on; 1 for a digit past the
     ones (the new digit of 99 -> 100); a comma gets the length of the number it ends, plus 2.
-    0 where the window does not show it: before its first comma, and (right) in the number after."""
+    0 where the window hides it: before its first comma and, from the right, in the number after."""
     pos = torch.arange(1, idx.size(1) + 1, device=idx.device)                  # (T,) from 1
     last = torch.where(idx == comma, pos, 0).cummax(dim=1).values  # (B, T) last comma so far
     before = torch.gather(F.pad(last[:, :-1], (2, 0)), 1, last)    # (B, T) the comma before it
@@ -137,7 +137,7 @@ def shift_places(left, right, most, share):
 
 
 class CausalSelfAttention(nn.Module):
-    """Every position looks back at all earlier positions (never ahead) and takes a weighted
+    """Every position looks at itself and all earlier positions (never ahead) and takes a weighted
     average of what they offer. n_head heads do this in parallel, each on n_embd/n_head channels."""
 
     def __init__(self, config, layer):
@@ -220,7 +220,7 @@ class GPT(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token -> vector
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position -> vector
-        places = config.block_size + config.place_shift  # the most a shifted place reaches
+        places = config.block_size + config.place_shift  # rows: a left place < places, a right <=
         self.wpl = nn.Embedding(places, config.n_embd)      # place from the left -> vector
         self.wpr = nn.Embedding(places + 1, config.n_embd)  # place from the right -> vector
         self.drop = nn.Dropout(config.dropout)
@@ -267,7 +267,7 @@ class GPT(nn.Module):
                                        ignore_index=-1, label_smoothing=self.config.label_smoothing)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=0, use_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=0, use_cache=True):
         """Append max_new_tokens tokens to idx (B, T), one at a time, each chosen by
         sample_next_token. When the context outgrows block_size, only its newest block_size // 2
         tokens are kept, from their first comma on (in a batch, the first place where every row
@@ -345,7 +345,7 @@ def get_config(argv):
 
 
 def save_checkpoint(cfg, model, ema, optimizer, iter_num):
-    """A temporary file, renamed over the checkpoint: atomic, so a crash leaves the last whole."""
+    """Atomic: a temporary file renamed over the last. "model" is the moving average, as used."""
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     tmp = f"{path}.{os.getpid()}.tmp"  # one per process: two runs never write the same file
     ckpt = {"model": ema.state_dict(), "train_model": model.state_dict(), "iter_num": iter_num,
@@ -444,7 +444,7 @@ def train(model, ema, ckpt, train_data, val_data, sampler, held_out, cfg, ctx, s
     last_loss = torch.zeros(())  # the last step's loss, read only now and then: a GPU runs ahead
     t0, t0_iter, times, r = time.perf_counter(), iter_num, [0.0, 0.0], {}  # train, eval seconds
     while True:
-        # once in a while, at the end and when asked to stop: evaluate, then save
+        # every eval_interval steps and at the end: evaluate, then save; on a signal: save only
         if iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or stop:
             if train_data.is_cuda:
                 torch.cuda.synchronize()  # the GPU's work is queued: wait for it, then time it
@@ -487,9 +487,9 @@ def train(model, ema, ckpt, train_data, val_data, sampler, held_out, cfg, ctx, s
 
 @torch.no_grad()
 def evaluate(ema, iter_num, ms_per_step, times, train_data, val_data, held_out, cfg, ctx):
-    """The averaged weights' mean loss over eval_iters batches per split (the same each time, from
-    a generator of their own: training's random stream is untouched) and every held-out number,
-    on one line; None if a loss is not finite."""
+    """The averaged weights' loss in eval mode over eval_iters uniform batches per split (the same
+    each time, from a generator of their own: training's random stream is untouched) and every
+    held-out number, on one line; None if a loss is not finite."""
     t, losses = time.perf_counter(), {}
     for name, data in (("train", train_data), ("val", val_data)):
         gen = torch.Generator().manual_seed(cfg.seed)
