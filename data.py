@@ -158,20 +158,28 @@ class CountingEval:
         """Number k of the data, as text."""
         return Tokenizer().decode(self.data[self.commas[k] + 1:self.commas[k + 1]])
 
+    def batches(self, batch_size, first=0, step=1, label=""):
+        """Batches first, first+step, ... of the windows, (B, T) each: the input positions pos, the
+        number each target pos+1 is in, and whether the window scores it. label: progress, 10 s."""
+        offsets, t0, shown = torch.arange(self.T, device=self.padded.device), time.perf_counter(), 0
+        for i in range(first * batch_size, len(self.ws), step * batch_size):
+            pos = self.ws[i:i + batch_size, None] + offsets
+            number = torch.searchsorted(self.commas, pos + 1) - 1
+            yield pos, number, (number >= self.first[i:i + batch_size, None]) \
+                & (number <= self.last[i:i + batch_size, None])
+            if label and time.perf_counter() - t0 - shown >= 10:  # never silent for long
+                shown = time.perf_counter() - t0
+                print(f"{label}: {i / len(self.ws):.0%} ({shown:.0f}s)", flush=True)
+
     def score(self, model, batch_size, k, streams, wrong, amp, label, stop):
         """Batches k, k+streams, ... (one thread's share): wrong[j] counts the wrong picks in number
         j; returns each batch's smallest margin, and never waits for the device. amp: the caller's
         autocast dtype, which a thread does not inherit; stop: stop once not empty."""
-        margins, offsets = [], torch.arange(self.T, device=self.padded.device)
-        device, t0, shown = self.padded.device.type, time.perf_counter(), 0.0
+        margins, device = [], self.padded.device.type
         with torch.inference_mode(), torch.autocast(device, amp or torch.bfloat16, amp is not None):
-            for i in range(k * batch_size, len(self.ws), streams * batch_size):
+            for pos, number, scored in self.batches(batch_size, k, streams, label):  # (B, T) each
                 if stop:
                     break
-                pos = self.ws[i:i + batch_size, None] + offsets                 # (B, T) inputs
-                number = torch.searchsorted(self.commas, pos + 1) - 1          # of each target
-                scored = (number >= self.first[i:i + batch_size, None]) \
-                    & (number <= self.last[i:i + batch_size, None])            # (B, T)
                 x, y = self.padded[pos].long(), self.padded[pos + 1].long()    # (B, T) each
                 logits = model(x)[0].float()                                   # (B, T, V)
                 # the margin: the right token's logit minus the best wrong one's
@@ -180,9 +188,6 @@ class CountingEval:
                 margins.append((right - best_wrong).masked_fill(~scored, float("inf")).min())
                 bad = scored & (logits.argmax(dim=-1) != y)                    # (B, T)
                 wrong.index_add_(0, number.flatten(), bad.flatten().int())  # [number[bad]] += 1
-                if k == 0 and label and time.perf_counter() - t0 - shown >= 10:  # never silent
-                    shown = time.perf_counter() - t0
-                    print(f"{label}: {i / len(self.ws):.0%} ({shown:.0f}s)", flush=True)
         return margins
 
     def __call__(self, model, batch_size=0, label=""):
@@ -200,7 +205,7 @@ class CountingEval:
         try:
             with ThreadPoolExecutor(streams) as pool:
                 work = [pool.submit(self.score, model, batch_size, k, streams, wrong[k], amp,
-                                    label, stop) for k in range(streams)]
+                                    "" if k else label, stop) for k in range(streams)]
                 try:
                     margins = [m for w in work for m in w.result()]
                 except KeyboardInterrupt:  # Ctrl-C: the other streams end at their next batch
@@ -304,7 +309,6 @@ def report(model, r, held_out, train_data, val_data, cfg, ctx):
 
 
 # Settings: each script's defaults are plain variables at its top, between two '# ----' lines ----
-
 def fail(message, code=2):
     """One line that names the problem and the fix, and the exit code (2: bad input)."""
     print(f"error: {message}", file=sys.stderr)

@@ -75,7 +75,6 @@ SIGNALS = [getattr(signal, s) for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasatt
 
 
 # The model ----------------------------------------------------------------------------------------
-
 @dataclass
 class GPTConfig:
     block_size: int = 32
@@ -295,7 +294,6 @@ class GPT(nn.Module):
 
 
 # Optimizer and learning-rate schedule -------------------------------------------------------------
-
 def configure_optimizer(model, cfg, device_type):
     """AdamW, decaying matrices and embeddings only (not biases or LayerNorm gains), each update
     on all weights at once: fused on CUDA, foreach on a CPU (7% faster a step there, same bits)."""
@@ -316,7 +314,6 @@ def get_lr(it, cfg):
 
 
 # Settings, checkpoints and the device -------------------------------------------------------------
-
 def get_config(argv):
     """The defaults with the command line's overrides, and the checkpoint (or None), which every
     mode but training from scratch loads (weights_only: no pickled code runs): its settings stand
@@ -392,7 +389,6 @@ def get_device(cfg):
 
 
 # Training -----------------------------------------------------------------------------------------
-
 def main(argv):
     """Train a GPT to count (or, with --mode, use the saved one); return the checks that failed.
     Ctrl-C, SIGTERM (kill) and SIGHUP (a closed terminal) finish the step, save and stop."""

@@ -30,7 +30,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "dev"))  # dev/ has no __init__.py
 from bench import TINY  # noqa: E402  the tiny GPT's settings: it trains in about a minute
 from beyond import SpansEval, beyond_spans  # noqa: E402
-from attention import windows  # noqa: E402
 
 # one thread here, one for the training run: two threads each on two cores would wait on each other
 torch.set_num_threads(1)
@@ -834,7 +833,7 @@ def test_a_head_attends_to_the_aligned_digit_of_the_previous_number(trained):
     that digit of n (measured over seeds 1337 and 1-8, two kernels: 0.81-0.88 on average)."""
     model, ev = trained.model, CountingEval(trained.val_data, 24)
     total, count = torch.zeros(model.config.n_layer, model.config.n_head), 0
-    for pos, k, scored in windows(ev, 256):        # (B, T): the token at pos + 1 is number k's
+    for pos, k, scored in ev.batches(256):        # (B, T): the token at pos + 1 is number k's
         weights = []
         model(ev.padded[pos].long(), weights=weights)
         k = k.clamp(1, ev.n - 1)

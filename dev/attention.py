@@ -49,18 +49,6 @@ def show_attention(model, cfg, device):
             break
 
 
-def windows(ev, batch_size):
-    """The windows of a CountingEval `ev`, batch_size at a time, as its score reads them: pos
-    (B, T) input positions, k (B, T) the number whose digit or comma each target pos + 1 is, and
-    scored (B, T), whether the window scores that target."""
-    offsets = torch.arange(ev.T, device=ev.padded.device)
-    for i in range(0, len(ev.ws), batch_size):
-        pos = ev.ws[i:i + batch_size, None] + offsets
-        k = torch.searchsorted(ev.commas, pos + 1) - 1
-        first, last = ev.first[i:i + batch_size, None], ev.last[i:i + batch_size, None]
-        yield pos, k, (k >= first) & (k <= last)
-
-
 @torch.no_grad()
 def attention_table(model, ev, batch_size=256):
     """Each head's mean weight on each of PARTS while the model writes a digit of n+1, over the
@@ -70,7 +58,7 @@ def attention_table(model, ev, batch_size=256):
     commas, dev = ev.commas, ev.padded.device
     total = torch.zeros(model.config.n_layer, model.config.n_head, 2, len(PARTS), device=dev)
     count = torch.zeros(2, device=dev)
-    for pos, k, scored in windows(ev, batch_size):           # (B, T) each: the next token is k's
+    for pos, k, scored in ev.batches(batch_size):           # (B, T) each: the next token is k's
         weights = []
         model(ev.padded[pos].long(), weights=weights)
         k = k.clamp(1, ev.n - 1)                              # n+1 is number k, n is number k-1
